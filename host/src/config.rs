@@ -1,0 +1,212 @@
+//! Command-line configuration: every flag, its default, and why.
+//!
+//! The binary parses [`Config`] with clap and hands it to [`crate::run`];
+//! tests build the same struct with [`Config::parse_from`] so they exercise
+//! exactly the flags a user types.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The address served when no `--listen`, `--udp` or `--tcp` is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+/// How long one request may run in the plugin before it is cut off.
+pub const DEFAULT_TIMEOUT: &str = "500ms";
+/// Linear memory one plugin instance may grow to. Python and JavaScript
+/// plugins start at 20-40 MiB, so this leaves them headroom.
+pub const DEFAULT_MAX_MEMORY: &str = "128MiB";
+/// Largest request payload (a datagram, or one TCP frame).
+pub const DEFAULT_MAX_REQUEST: &str = "1MiB";
+/// Largest reply payload a plugin may return.
+pub const DEFAULT_MAX_REPLY: &str = "1MiB";
+/// Largest UDP payload over IPv4 (65,535 - 8 UDP - 20 IP header bytes).
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Open TCP connections at once; further ones wait in the kernel's backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// A connection with no complete frame for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
+/// Reply bytes per request byte to an unvalidated (UDP) peer. 3 is QUIC's
+/// anti-amplification limit (RFC 9000, section 8): enough for real protocols,
+/// too little to make the host a useful reflector against a spoofed address.
+pub const DEFAULT_MAX_AMPLIFICATION: u32 = 3;
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "5s";
+/// Plugin instances alive at once (sizes the pooling allocator).
+pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
+
+/// How a TCP byte stream is cut into requests, and how replies are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Framing {
+    /// A frame is the bytes up to `\n` (not included); replies get `\n` appended.
+    Lines,
+    /// A big-endian u16 length, then that many bytes (DNS over TCP).
+    U16,
+    /// A big-endian u32 length, then that many bytes.
+    U32,
+    /// Each read is one request; replies are written as they are.
+    Raw,
+}
+
+/// `host`: serve a WebAssembly component plugin over UDP and TCP.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "host", version, about, long_about = None)]
+pub struct Config {
+    /// The plugin: a WebAssembly component (`.wasm`) implementing the world
+    /// `sockets:plugin/handler@0.1.0`.
+    #[arg(long, value_name = "PATH")]
+    pub plugin: PathBuf,
+
+    /// Serve UDP and TCP on ADDR (repeatable). Port 0 picks a free port; the
+    /// chosen address is logged as `listening udp|tcp ADDR`.
+    /// [default: 127.0.0.1:7000 when no --listen, --udp or --tcp is given]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Serve UDP only on ADDR (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub udp: Vec<SocketAddr>,
+
+    /// Serve TCP only on ADDR (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Vec<SocketAddr>,
+
+    /// How TCP streams are cut into requests.
+    #[arg(long, value_enum, default_value_t = Framing::Lines)]
+    pub framing: Framing,
+
+    /// Longest one request may run in the plugin (e.g. 500ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Most linear memory one plugin instance may use (e.g. 64MiB).
+    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_MEMORY, value_parser = parse_bytes)]
+    pub max_memory: usize,
+
+    /// Largest request payload; a larger datagram is dropped, a larger TCP
+    /// frame closes its connection.
+    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_REQUEST, value_parser = parse_bytes)]
+    pub max_request: usize,
+
+    /// Largest reply payload; a larger reply is not sent. UDP replies are
+    /// also capped at 65,507 bytes.
+    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_REPLY, value_parser = parse_bytes)]
+    pub max_reply: usize,
+
+    /// Most TCP connections open at once; further ones wait in the backlog.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Close a TCP connection that completes no frame for this long.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Cap a UDP reply at N times the request's size (0 turns the cap off).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_AMPLIFICATION)]
+    pub max_amplification: u32,
+
+    /// On SIGTERM or Ctrl-C, let in-flight requests finish for this long.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Give each request N units of fuel (deterministic CPU limit); off by
+    /// default because metering costs speed.
+    #[arg(long, value_name = "N")]
+    pub fuel: Option<u64>,
+
+    /// Plugin instances alive at once; sizes the pooling allocator.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_INSTANCES)]
+    pub max_instances: u32,
+
+    /// Worker threads [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// The (transport, address) pairs to bind, in the order given, with the
+    /// default address when none was given.
+    pub fn bind_list(&self) -> Vec<(crate::Transport, SocketAddr)> {
+        use crate::Transport::{Tcp, Udp};
+        let mut out = Vec::new();
+        let default: Vec<SocketAddr>;
+        let listen = if self.listen.is_empty() && self.udp.is_empty() && self.tcp.is_empty() {
+            default = vec![DEFAULT_LISTEN.parse().expect("valid default address")];
+            &default
+        } else {
+            &self.listen
+        };
+        for addr in listen {
+            out.push((Udp, *addr));
+            out.push((Tcp, *addr));
+        }
+        out.extend(self.udp.iter().map(|a| (Udp, *a)));
+        out.extend(self.tcp.iter().map(|a| (Tcp, *a)));
+        out
+    }
+
+    /// The effective reply cap for one transport.
+    pub fn max_reply_for(&self, transport: crate::Transport) -> usize {
+        match transport {
+            crate::Transport::Udp => self.max_reply.min(MAX_UDP_PAYLOAD),
+            crate::Transport::Tcp => self.max_reply,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 500ms, 2s, 1m)"))
+}
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s
+        .parse()
+        .map_err(|e| format!("{e} (try e.g. 65536, 64KiB, 16MiB)"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(["host", "--plugin", "p.wasm"].iter().chain(args)).unwrap()
+    }
+
+    #[test]
+    fn defaults_serve_both_transports_on_7000() {
+        let c = parse(&[]);
+        let list = c.bind_list();
+        assert_eq!(list.len(), 2);
+        assert!(list.iter().all(|(_, a)| a.to_string() == DEFAULT_LISTEN));
+        assert_eq!(c.framing, Framing::Lines);
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.max_memory, 128 << 20);
+    }
+
+    #[test]
+    fn explicit_addresses_replace_the_default() {
+        let c = parse(&["--udp", "127.0.0.1:0", "--tcp", "[::1]:0"]);
+        let list = c.bind_list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].0, crate::Transport::Udp);
+        assert_eq!(list[1].1.to_string(), "[::1]:0");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        let c = parse(&["--max-memory", "64MiB", "--max-request", "512", "--timeout", "2s"]);
+        assert_eq!(c.max_memory, 64 << 20);
+        assert_eq!(c.max_request, 512);
+        assert_eq!(c.timeout, Duration::from_secs(2));
+        assert!(Config::try_parse_from(["host", "--plugin", "p", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn udp_replies_never_exceed_a_datagram() {
+        let c = parse(&["--max-reply", "10MiB"]);
+        assert_eq!(c.max_reply_for(crate::Transport::Udp), MAX_UDP_PAYLOAD);
+        assert_eq!(c.max_reply_for(crate::Transport::Tcp), 10 << 20);
+    }
+}

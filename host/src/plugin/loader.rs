@@ -1,0 +1,273 @@
+//! Loading a plugin file: read, check, compile (or fetch from the compile
+//! cache), link against the host's imports, and validate by instantiating it
+//! once. Only a plugin that passes every step is ever served.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::{CallLimits, HostState, Plugin, PluginInfo, bindings};
+use crate::stats::Stats;
+
+/// The world every plugin must implement, as users see it in errors.
+pub const WORLD: &str = "sockets:plugin/handler@0.1.0";
+
+/// Why a plugin file cannot be served. Each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("plugin {path}: cannot read: {source}")]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not WebAssembly at all.
+    #[error("plugin {path}: not a WebAssembly file (it does not start with \\0asm)")]
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// A core module: plugins must be components.
+    #[error(
+        "plugin {path}: is a core WebAssembly module, not a component (build for wasm32-wasip2, or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// Compilation failed (invalid or truncated component).
+    #[error("plugin {path}: invalid component: {message}")]
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// Wasmtime's reason.
+        message: String,
+    },
+    /// The component imports something the host does not provide.
+    #[error("plugin {path}: imports something this host does not provide: {message}")]
+    Link {
+        /// The plugin file.
+        path: PathBuf,
+        /// Names the missing import.
+        message: String,
+    },
+    /// The component does not export `handle` with the contract's type.
+    #[error("plugin {path}: does not implement the world {WORLD}: {message}")]
+    World {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is missing or mistyped.
+        message: String,
+    },
+    /// The component traps or fails while being instantiated.
+    #[error("plugin {path}: fails to instantiate: {message}")]
+    Instantiate {
+        /// The plugin file.
+        path: PathBuf,
+        /// Wasmtime's reason.
+        message: String,
+    },
+}
+
+/// Compiles plugin files into [`Plugin`]s. One per server; cheap to share.
+pub struct Loader {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<CompileCache>,
+    stats: Arc<Stats>,
+}
+
+impl Loader {
+    /// A loader whose linker offers WASI (no ambient authority) and `log`.
+    pub fn new(engine: Engine, cache_dir: Option<PathBuf>, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::add_log_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        let cache = cache_dir.map(CompileCache::new);
+        Ok(Self { engine, linker, cache, stats })
+    }
+
+    /// The engine plugins are compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Load `path`: read, compile off the async threads, link, and validate.
+    pub async fn load(&self, path: &Path, limits: &CallLimits) -> Result<Plugin, LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Read { path: path.into(), source })?;
+        self.load_bytes(path, bytes, limits).await
+    }
+
+    /// Load a plugin whose bytes were already read from `path`.
+    pub async fn load_bytes(&self, path: &Path, bytes: Vec<u8>, limits: &CallLimits) -> Result<Plugin, LoadError> {
+        let p = || path.to_path_buf();
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule { path: p() }),
+            Some([0, b'a', b's', b'm', ..]) => {}
+            _ => return Err(LoadError::NotWasm { path: p() }),
+        }
+        let digest = hex(&Sha256::digest(&bytes));
+        let info = Arc::new(PluginInfo {
+            name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            version: digest[..12].to_string(),
+            path: p(),
+        });
+
+        // Compilation takes milliseconds (Rust) to seconds (Python, JS):
+        // never on the threads that serve requests.
+        let engine = self.engine.clone();
+        let cache = self.cache.clone();
+        let (component, hit) =
+            tokio::task::spawn_blocking(move || compile(&engine, cache.as_ref(), &bytes, &digest))
+                .await
+                .map_err(|e| LoadError::Compile { path: p(), message: e.to_string() })?
+                .map_err(|e| LoadError::Compile { path: p(), message: one_line(&e) })?;
+        Stats::incr(if hit { &self.stats.cache_hits } else { &self.stats.cache_misses });
+
+        let handle = component
+            .get_export_index(None, "handle")
+            .ok_or_else(|| LoadError::World { path: p(), message: "it does not export `handle`".into() })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link { path: p(), message: one_line(&e) })?;
+        let plugin = Plugin { info, pre, handle };
+
+        // Validate: instantiate once and check the type of `handle`.
+        let mut instance = plugin
+            .instantiate(limits)
+            .await
+            .map_err(|e| LoadError::Instantiate { path: p(), message: e.to_string() })?;
+        instance
+            .handle
+            .typed::<bindings::HandleParams<'_>, bindings::HandleResult>(&instance.store)
+            .map_err(|e| LoadError::World {
+                path: p(),
+                message: format!("`handle` has the wrong type: {}", one_line(&e)),
+            })?;
+        let _ = &mut instance;
+        tracing::info!(
+            plugin = %plugin.info.name,
+            version = %plugin.info.version,
+            path = %path.display(),
+            cache = if hit { "hit" } else { "miss" },
+            "loaded plugin {} version {}",
+            plugin.info.name,
+            plugin.info.version,
+        );
+        Ok(plugin)
+    }
+}
+
+/// Compile `bytes`, or deserialize them from the cache. Returns whether the
+/// cache was hit.
+fn compile(
+    engine: &Engine,
+    cache: Option<&CompileCache>,
+    bytes: &[u8],
+    digest: &str,
+) -> anyhow::Result<(Component, bool)> {
+    if let Some(cache) = cache {
+        if let Some(component) = cache.get(engine, digest) {
+            return Ok((component, true));
+        }
+    }
+    let component = Component::from_binary(engine, bytes)?;
+    if let Some(cache) = cache {
+        cache.put(engine, digest, &component);
+    }
+    Ok((component, false))
+}
+
+/// Compiled components on disk, keyed by the sha256 of the plugin file and
+/// the engine's compatibility hash (wasmtime version and settings).
+///
+/// Deserializing compiled code runs it without validation, so the cache must
+/// be a directory only the host's user can write: it is created with mode
+/// 0700 and a cache directory writable by others is refused.
+#[derive(Clone, Debug)]
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    /// A cache in `dir` (created on first use).
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// The default location: `$XDG_CACHE_HOME/wasm-sockets-host` or
+    /// `~/.cache/wasm-sockets-host`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("wasm-sockets-host"))
+    }
+
+    fn file(&self, engine: &Engine, digest: &str) -> PathBuf {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        self.dir.join(format!("{digest}-{:016x}.cwasm", h.finish()))
+    }
+
+    fn safe_dir(&self) -> bool {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        match std::fs::metadata(&self.dir) {
+            // SAFETY: geteuid has no preconditions.
+            Ok(m) => m.is_dir() && m.permissions().mode() & 0o022 == 0 && m.uid() == unsafe { libc::geteuid() },
+            Err(_) => false,
+        }
+    }
+
+    fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let file = self.file(engine, digest);
+        if !file.exists() || !self.safe_dir() {
+            return None;
+        }
+        // SAFETY: the file was written by `put` below into a directory only
+        // this user can write (checked by `safe_dir`), from a component this
+        // engine compiled; wasmtime also checks the engine compatibility.
+        match unsafe { Component::deserialize_file(engine, &file) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "ignoring unusable compile cache entry: {}", one_line(&e));
+                None
+            }
+        }
+    }
+
+    fn put(&self, engine: &Engine, digest: &str, component: &Component) {
+        let result = (|| -> anyhow::Result<()> {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+            anyhow::ensure!(self.safe_dir(), "{} is writable by other users", self.dir.display());
+            let bytes = component.serialize()?;
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+            tmp.write_all(&bytes)?;
+            tmp.persist(self.file(engine, digest))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(dir = %self.dir.display(), "cannot write the compile cache: {}", one_line(&e));
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An error and its causes on one line.
+pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
+    format!("{e:#}").lines().map(str::trim).collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,78 @@
+//! Counters of what the host did, readable while it runs and printed at exit.
+//!
+//! Plain relaxed atomics: each is an independent event count, so no ordering
+//! between them is promised or needed.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Event counts since start.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of [`Stats`] at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Snapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Stats {
+            /// Read every counter.
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl fmt::Display for Snapshot {
+            /// One line of `name=value` pairs, e.g. for `grep` in scripts.
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut sep = "";
+                $( write!(f, "{sep}{}={}", stringify!($name), self.$name)?; sep = " "; )*
+                Ok(())
+            }
+        }
+    };
+}
+
+counters! {
+    /// Requests handed to the plugin.
+    requests,
+    /// Replies sent.
+    replies,
+    /// Requests the plugin answered with `ok(none)`.
+    no_reply,
+    /// Requests the plugin answered with `err(..)`.
+    plugin_errors,
+    /// Requests whose plugin instance trapped (panic, stack overflow, memory limit, ...).
+    traps,
+    /// Requests cut off at `--timeout` (or out of fuel).
+    timeouts,
+    /// Replies not sent because they exceeded `--max-reply` or the amplification cap.
+    replies_dropped,
+    /// Datagrams dropped before the plugin saw them (over `--max-request`).
+    requests_dropped,
+    /// TCP connections accepted.
+    connections,
+    /// TCP connections closed by the host for a framing error or idle timeout.
+    connections_closed_by_host,
+    /// Plugin versions swapped in by a reload.
+    reloads,
+    /// Reloads refused because the new file was not a valid plugin.
+    reload_failures,
+    /// Plugin loads served from the compile cache.
+    cache_hits,
+    /// Plugin loads that compiled (and then cached) the component.
+    cache_misses,
+}
+
+impl Stats {
+    /// Add one to `counter`.
+    #[inline]
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
