@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+
+pub use crate::framing::Framing;
 
 /// The address served when no `--listen`, `--udp` or `--tcp` is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -35,19 +37,6 @@ pub const DEFAULT_MAX_AMPLIFICATION: u32 = 3;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "5s";
 /// Plugin instances alive at once (sizes the pooling allocator).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
-
-/// How a TCP byte stream is cut into requests, and how replies are framed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Framing {
-    /// A frame is the bytes up to `\n` (not included); replies get `\n` appended.
-    Lines,
-    /// A big-endian u16 length, then that many bytes (DNS over TCP).
-    U16,
-    /// A big-endian u32 length, then that many bytes.
-    U32,
-    /// Each read is one request; replies are written as they are.
-    Raw,
-}
 
 /// `host`: serve a WebAssembly component plugin over UDP and TCP.
 #[derive(Clone, Debug, Parser)]

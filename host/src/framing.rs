@@ -9,7 +9,19 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::config::Framing;
+
+/// How a TCP byte stream is cut into requests, and how replies are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Framing {
+    /// A frame is the bytes up to `\n` (not included); replies get `\n` appended.
+    Lines,
+    /// A big-endian u16 length, then that many bytes (DNS over TCP).
+    U16,
+    /// A big-endian u32 length, then that many bytes.
+    U32,
+    /// Each read is one request; replies are written as they are.
+    Raw,
+}
 
 /// Why a stream cannot be framed. The connection is closed on any of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

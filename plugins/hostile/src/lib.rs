@@ -1,0 +1,74 @@
+//! `hostile`: a test fixture that misbehaves on command.
+//!
+//! The payload picks the behaviour, so one host can serve hostile and good
+//! requests side by side and the tests can check that the good ones are
+//! still answered:
+//!
+//! | payload     | behaviour                                              |
+//! |-------------|--------------------------------------------------------|
+//! | `loop`      | spins forever (cut off by `--timeout`)                  |
+//! | `sleep`     | blocks in a WASI sleep for an hour (a host call)        |
+//! | `alloc`     | grows memory without end (trapped at `--max-memory`)    |
+//! | `recurse`   | recurses without end (stack overflow trap)              |
+//! | `panic`     | panics (a trap)                                         |
+//! | `big:N`     | replies with N bytes of `x`                             |
+//! | `count`     | bumps a global counter and replies with it              |
+//! | `print`     | writes to stdout and stderr, then replies `printed`     |
+//! | `err`       | returns `err("refused")`                                |
+//! | `none`      | returns `ok(none)`                                      |
+//! | anything else | echoes the payload                                    |
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sockets_plugin::{Plugin, Request};
+
+static COUNT: AtomicU64 = AtomicU64::new(0);
+
+struct Hostile;
+
+impl Plugin for Hostile {
+    fn handle(req: Request) -> Result<Option<Vec<u8>>, String> {
+        let p = req.payload;
+        match p.as_slice() {
+            b"loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            b"sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(Some(b"woke".to_vec()))
+            }
+            b"alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            b"recurse" => Ok(Some(recurse(std::hint::black_box(1)).to_le_bytes().to_vec())),
+            b"panic" => panic!("asked to panic"),
+            b"count" => Ok(Some((COUNT.fetch_add(1, Ordering::SeqCst) + 1).to_string().into_bytes())),
+            b"print" => {
+                println!("hello from stdout");
+                eprintln!("hello from stderr");
+                Ok(Some(b"printed".to_vec()))
+            }
+            b"err" => Err("refused".into()),
+            b"none" => Ok(None),
+            _ if p.starts_with(b"big:") => {
+                let n: usize = std::str::from_utf8(&p[4..]).ok().and_then(|s| s.parse().ok()).ok_or("bad size")?;
+                Ok(Some(vec![b'x'; n]))
+            }
+            _ => Ok(Some(p)),
+        }
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 16]);
+    recurse(frame[3] + 1) + frame[5]
+}
+
+sockets_plugin::export!(Hostile);

@@ -1,0 +1,7 @@
+//! Integration tests: the real `host` binary on port 0, real sockets, and
+//! assertions on the bytes that come back. Plugins come from
+//! `target/plugins/` (built by `scripts/build-plugins.sh`).
+
+mod support;
+
+mod core;

@@ -1,0 +1,266 @@
+//! Shared test helpers: start the real `host` binary on port 0, find the
+//! addresses it logged, and talk to it over real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for the host to start (big plugins compile for
+/// seconds on a cold cache) or for a reply.
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A built plugin, `target/plugins/NAME.wasm`. Panics with the fix if missing.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = root().join("target/plugins").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run scripts/build-plugins.sh first", path.display());
+    path
+}
+
+/// The `host` binary under test.
+pub fn host_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_host")
+}
+
+/// Log lines collected from a running host's stderr.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Logs {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.0.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.0.0.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait until `count(needle) >= n`; returns the final count.
+    pub fn wait_for(&self, needle: &str, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.0;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            let c = lines.iter().filter(|l| l.contains(needle)).count();
+            let now = Instant::now();
+            if c >= n || now >= deadline {
+                return c;
+            }
+            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    fn push(&self, line: String) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().push(line);
+        cv.notify_all();
+    }
+}
+
+/// A running `host` process, killed when dropped.
+pub struct Host {
+    child: Child,
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub logs: Logs,
+}
+
+impl Host {
+    /// Start `host` with `args` (e.g. `["--plugin", p, "--listen", "127.0.0.1:0"]`)
+    /// and wait until every listener has logged its address.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Host {
+        Self::start_env(args, &[])
+    }
+
+    pub fn start_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Host {
+        let strs: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        let expected = strs
+            .iter()
+            .map(|a| match a.as_str() {
+                "--listen" => 2,
+                "--udp" | "--tcp" => 1,
+                _ => 0,
+            })
+            .sum::<usize>()
+            .max(2);
+        let mut cmd = Command::new(host_bin());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn host");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Logs::default();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("HOST_TEST_VERBOSE").is_some() {
+                    eprintln!("[host] {line}");
+                }
+                sink.push(line);
+            }
+            sink.push("<stderr closed>".into());
+        });
+        let got = logs.wait_for("listening ", expected, START_TIMEOUT);
+        if got < expected {
+            let _ = child.kill();
+            panic!("host did not start; log:\n{}", logs.lines().join("\n"));
+        }
+        let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+        for line in logs.lines() {
+            let Some(rest) = line.split("listening ").nth(1) else { continue };
+            let mut words = rest.split_whitespace();
+            let (Some(t), Some(a)) = (words.next(), words.next()) else { continue };
+            let addr: SocketAddr = a.parse().unwrap();
+            if t == "udp" { udp.push(addr) } else { tcp.push(addr) }
+        }
+        Host { child, udp, tcp, logs }
+    }
+
+    /// Send SIGTERM.
+    pub fn sigterm(&self) {
+        signal(&self.child, libc_sigterm());
+    }
+
+    /// Send a signal by number.
+    pub fn signal(&self, sig: i32) {
+        signal(&self.child, sig);
+    }
+
+    /// Wait for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        self.udp[0]
+    }
+
+    pub fn tcp(&self) -> SocketAddr {
+        self.tcp[0]
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+fn signal(child: &Child, sig: i32) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+/// Run `host` to completion (for startup errors): (exit code, stderr).
+pub fn run_host<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
+    let out = Command::new(host_bin()).args(args).stdin(Stdio::null()).output().expect("run host");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A UDP socket bound to loopback of the same family as `to`.
+pub fn udp_client(to: SocketAddr) -> UdpSocket {
+    let bind = if to.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+    let s = UdpSocket::bind(bind).unwrap();
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    s.connect(to).unwrap();
+    s
+}
+
+/// Send one datagram and return the reply, or `None` if none came within `wait`.
+pub fn udp_exchange(to: SocketAddr, payload: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let s = udp_client(to);
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.send(payload).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    match s.recv(&mut buf) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// Send one datagram and return the reply; panics if none comes.
+pub fn udp_roundtrip(to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    udp_exchange(to, payload, REPLY_TIMEOUT).unwrap_or_else(|| panic!("no UDP reply from {to}"))
+}
+
+/// A TCP connection with a read timeout.
+pub fn tcp_connect(to: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Read exactly `n` bytes.
+pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+    buf
+}
+
+/// Send a line, read the reply line (with its `\n`).
+pub fn line_roundtrip(s: &mut TcpStream, line: &[u8]) -> Vec<u8> {
+    s.write_all(line).unwrap();
+    s.write_all(b"\n").unwrap();
+    read_line(s)
+}
+
+/// Read up to and including `\n`.
+pub fn read_line(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte) {
+            Ok(0) => panic!("connection closed after {:?}", String::from_utf8_lossy(&out)),
+            Ok(_) => {
+                out.push(byte[0]);
+                if byte[0] == b'\n' {
+                    return out;
+                }
+            }
+            Err(e) => panic!("reading a line: {e} (got {:?})", String::from_utf8_lossy(&out)),
+        }
+    }
+}
+
+/// True if the peer closed the connection (EOF or reset) within `wait`.
+pub fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
