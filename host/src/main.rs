@@ -10,11 +10,11 @@ fn main() -> ExitCode {
     let config = match Config::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
-            // Clap's first line names the bad flag or value; the usage block
-            // after it is noise in a one-line error.
+            // Clap's first paragraph names the bad flag or value (over one or
+            // more lines); the usage block after it is noise in a one-line error.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{first} (see host --help)");
+            let first: Vec<&str> = msg.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            eprintln!("{} (see host --help)", first.join(" "));
             return ExitCode::from(2);
         }
         Err(e) => e.exit(), // --help, --version

@@ -20,12 +20,12 @@ pub const WORLD: &str = "sockets:plugin/handler@0.1.0";
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("plugin {path}: cannot read: {source}")]
+    #[error("plugin {path}: cannot read: {cause}")]
     Read {
         /// The plugin file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (not a `#[source]`: the message already says it).
+        cause: std::io::Error,
     },
     /// The file is not WebAssembly at all.
     #[error("plugin {path}: not a WebAssembly file (it does not start with \\0asm)")]
@@ -102,7 +102,7 @@ impl Loader {
     pub async fn load(&self, path: &Path, limits: &CallLimits) -> Result<Plugin, LoadError> {
         let bytes = tokio::fs::read(path)
             .await
-            .map_err(|source| LoadError::Read { path: path.into(), source })?;
+            .map_err(|cause| LoadError::Read { path: path.into(), cause })?;
         self.load_bytes(path, bytes, limits).await
     }
 
