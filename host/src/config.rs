@@ -108,6 +108,29 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_INSTANCES)]
     pub max_instances: u32,
 
+    /// Serve up to N requests with one plugin instance before replacing it.
+    /// 1 (the default) gives every request a fresh instance, so nothing a
+    /// request leaves in memory is seen by the next one. Larger values are
+    /// faster but let one request's state (globals, heap) reach the next; an
+    /// instance is still never shared by two requests at once and is dropped
+    /// after any trap or timeout.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub instance_reuse: u64,
+
+    /// Where compiled plugins are cached, keyed by the sha256 of the file
+    /// [default: $XDG_CACHE_HOME/wasm-sockets-host, else ~/.cache/wasm-sockets-host].
+    /// Delete the directory to clear the cache.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile plugins on every load instead of using the compile cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Do not watch the plugin file for changes (SIGHUP still reloads it).
+    #[arg(long)]
+    pub no_watch: bool,
+
     /// Worker threads [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -133,6 +156,14 @@ impl Config {
         out.extend(self.udp.iter().map(|a| (Udp, *a)));
         out.extend(self.tcp.iter().map(|a| (Tcp, *a)));
         out
+    }
+
+    /// The compile cache directory, or `None` when caching is off.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.clone().or_else(crate::plugin::cache::CompileCache::default_dir)
     }
 
     /// The effective reply cap for one transport.

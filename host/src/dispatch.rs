@@ -1,18 +1,24 @@
 //! Dispatch: one request in, at most one reply out.
 //!
 //! Picks the plugin version that is current when the request starts (a reload
-//! never changes it mid-request), runs it under the request limits, checks
-//! the reply against the reply caps, and counts and logs every outcome. An
-//! error here is the request's alone: it never stops a listener.
+//! never changes it mid-request), takes an instance slot, runs the plugin
+//! under the request limits, checks the reply against the reply caps, and
+//! counts and logs every outcome. An error here is the request's alone: it
+//! never stops a listener.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::plugin::engine::EPOCH_TICK;
-use crate::plugin::{CallError, CallLimits, Plugin, RequestRef, Transport};
+use crate::plugin::{CallError, CallLimits, Instance, Plugin, Reply, RequestRef, Transport};
 use crate::stats::Stats;
+
+/// Idle instances kept per plugin version in reuse mode. More than the
+/// requests that run at once on a small machine; each one holds a pool slot.
+const MAX_IDLE_INSTANCES: usize = 64;
 
 /// One request as the listeners see it.
 #[derive(Debug, Clone, Copy)]
@@ -39,10 +45,32 @@ pub enum Outcome {
     Failed,
 }
 
+/// A plugin version and, in reuse mode, its idle instances.
+///
+/// Requests hold an `Arc<Version>` while they run, so an old version (and
+/// its instances) lives until its last request is done, then is dropped.
+pub struct Version {
+    plugin: Plugin,
+    idle: Mutex<Vec<(Instance, OwnedSemaphorePermit)>>,
+}
+
+impl Version {
+    /// The plugin of this version.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+}
+
 /// Shared by every listener: the current plugin and the limits.
 pub struct Dispatcher {
-    plugin: ArcSwap<Plugin>,
+    current: ArcSwap<Version>,
     limits: CallLimits,
+    /// Live instances (running or idle) at once; sized like the engine's
+    /// instance pool so that a request waits for a slot instead of failing
+    /// to instantiate.
+    slots: Arc<Semaphore>,
+    /// Requests one instance may serve (1: a fresh instance per request).
+    reuse: u64,
     max_reply_udp: usize,
     max_reply_tcp: usize,
     max_amplification: usize,
@@ -53,8 +81,10 @@ impl Dispatcher {
     /// A dispatcher serving `plugin` under `config`'s limits.
     pub fn new(plugin: Plugin, config: &Config, stats: Arc<Stats>) -> Self {
         Self {
-            plugin: ArcSwap::from_pointee(plugin),
+            current: ArcSwap::from_pointee(Version { plugin, idle: Mutex::default() }),
             limits: call_limits(config),
+            slots: Arc::new(Semaphore::new(config.max_instances as usize)),
+            reuse: config.instance_reuse.max(1),
             max_reply_udp: config.max_reply_for(Transport::Udp),
             max_reply_tcp: config.max_reply_for(Transport::Tcp),
             max_amplification: config.max_amplification as usize,
@@ -63,13 +93,14 @@ impl Dispatcher {
     }
 
     /// The version serving new requests.
-    pub fn current(&self) -> Arc<Plugin> {
-        self.plugin.load_full()
+    pub fn current(&self) -> Arc<Version> {
+        self.current.load_full()
     }
 
-    /// Make `plugin` serve every request that starts from now on.
-    pub fn swap(&self, plugin: Plugin) -> Arc<Plugin> {
-        self.plugin.swap(Arc::new(plugin))
+    /// Make `plugin` serve every request that starts from now on. Requests
+    /// already running finish on the version they started with.
+    pub fn swap(&self, plugin: Plugin) -> Arc<Version> {
+        self.current.swap(Arc::new(Version { plugin, idle: Mutex::default() }))
     }
 
     /// The per-request limits.
@@ -84,23 +115,35 @@ impl Dispatcher {
 
     /// Run one request through the current plugin.
     pub async fn dispatch(&self, req: Request<'_>) -> Outcome {
-        let plugin = self.plugin.load_full();
+        let version = self.current.load_full();
         Stats::incr(&self.stats.requests);
+        let max_reply = self.reply_cap(&req);
+        let wit = RequestRef { transport: req.transport, peer: req.peer, local: req.local, payload: req.payload };
         let call = async {
-            let mut instance = plugin.instantiate(&self.limits).await?;
-            let wit = RequestRef { transport: req.transport, peer: req.peer, local: req.local, payload: req.payload };
-            instance.call(wit, &self.limits).await
+            let (mut instance, permit) = self.checkout(&version).await?;
+            let result = instance.call(wit, &self.limits, max_reply).await;
+            self.checkin(&version, instance, permit, &result);
+            result
         };
         // The epoch deadline stops guest code; this timer also stops a call
-        // that is blocked inside a host function. Two ticks of grace let the
-        // epoch trap (with its clearer message) win when both fire.
+        // that is blocked inside a host function (or waiting for a slot).
+        // Two ticks of grace let the epoch trap (with its clearer message)
+        // win when both fire.
         let result = match tokio::time::timeout(self.limits.timeout + 2 * EPOCH_TICK, call).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout(self.limits.timeout)),
         };
-        let info = plugin.info();
+        let info = version.plugin.info();
         let reply = match result {
-            Ok(Some(reply)) => reply,
+            Ok(Some(Reply::Bytes(reply))) => reply,
+            Ok(Some(Reply::TooLarge(len))) => {
+                Stats::incr(&self.stats.replies_dropped);
+                tracing::warn!(
+                    plugin = %info.name, version = %info.version, transport = %req.transport, peer = req.peer,
+                    "reply of {len} bytes not sent: {}", self.why_too_large(&req, len)
+                );
+                return Outcome::Failed;
+            }
             Ok(None) => {
                 Stats::incr(&self.stats.no_reply);
                 tracing::debug!(plugin = %info.name, version = %info.version, peer = req.peer, "no reply");
@@ -123,14 +166,6 @@ impl Dispatcher {
                 };
             }
         };
-        if let Err(why) = self.check_reply(&req, reply.len()) {
-            Stats::incr(&self.stats.replies_dropped);
-            tracing::warn!(
-                plugin = %info.name, version = %info.version, transport = %req.transport, peer = req.peer,
-                "reply of {} bytes not sent: {why}", reply.len()
-            );
-            return Outcome::Failed;
-        }
         tracing::debug!(
             plugin = %info.name, version = %info.version, transport = %req.transport, peer = req.peer,
             request = req.payload.len(), reply = reply.len(), "served"
@@ -138,25 +173,63 @@ impl Dispatcher {
         Outcome::Reply(reply)
     }
 
-    fn check_reply(&self, req: &Request<'_>, len: usize) -> Result<(), String> {
+    /// An idle instance of `version` (reuse mode), or a fresh one.
+    async fn checkout(&self, version: &Version) -> Result<(Instance, OwnedSemaphorePermit), CallError> {
+        if self.reuse > 1 {
+            if let Some(idle) = version.idle.lock().expect("idle pool lock").pop() {
+                return Ok(idle);
+            }
+        }
+        let permit = self.slots.clone().acquire_owned().await.expect("slot semaphore is never closed");
+        let instance = version.plugin.instantiate(&self.limits).await?;
+        Ok((instance, permit))
+    }
+
+    /// Keep `instance` for the next request if reuse allows it and the call
+    /// left it in a known state; otherwise drop it (and free its slot).
+    fn checkin<T>(
+        &self,
+        version: &Version,
+        instance: Instance,
+        permit: OwnedSemaphorePermit,
+        result: &Result<T, CallError>,
+    ) {
+        let healthy = match result {
+            Ok(_) => true,
+            Err(e) => !e.poisons_instance(),
+        };
+        if healthy && instance.calls() < self.reuse {
+            let mut idle = version.idle.lock().expect("idle pool lock");
+            if idle.len() < MAX_IDLE_INSTANCES {
+                idle.push((instance, permit));
+            }
+        }
+    }
+
+    /// The largest reply `req` may get: `--max-reply`, and for UDP also the
+    /// datagram limit and the amplification cap.
+    fn reply_cap(&self, req: &Request<'_>) -> usize {
+        match req.transport {
+            Transport::Tcp => self.max_reply_tcp,
+            Transport::Udp if self.max_amplification == 0 => self.max_reply_udp,
+            Transport::Udp => self.max_reply_udp.min(req.payload.len().saturating_mul(self.max_amplification)),
+        }
+    }
+
+    fn why_too_large(&self, req: &Request<'_>, len: usize) -> String {
         let max = match req.transport {
             Transport::Udp => self.max_reply_udp,
             Transport::Tcp => self.max_reply_tcp,
         };
         if len > max {
-            return Err(format!("over the limit of {max} bytes (--max-reply)"));
+            format!("over the limit of {max} bytes (--max-reply)")
+        } else {
+            format!(
+                "over {}x the {}-byte request (--max-amplification)",
+                self.max_amplification,
+                req.payload.len()
+            )
         }
-        if req.transport == Transport::Udp && self.max_amplification > 0 {
-            let cap = req.payload.len().saturating_mul(self.max_amplification);
-            if len > cap {
-                return Err(format!(
-                    "over {}x the {}-byte request (--max-amplification)",
-                    self.max_amplification,
-                    req.payload.len()
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -164,4 +237,3 @@ impl Dispatcher {
 pub fn call_limits(config: &Config) -> CallLimits {
     CallLimits { timeout: config.timeout, max_memory: config.max_memory, fuel: config.fuel }
 }
-

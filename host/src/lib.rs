@@ -9,6 +9,7 @@
 //!   counts and logs the outcome.
 //! - [`plugin`]: the wasmtime engine ([`plugin::engine`]), loading and
 //!   caching compiled plugins ([`plugin::loader`]), and sandboxed instances.
+//! - [`reload`]: hot reload on a file change or SIGHUP.
 //! - [`config`]: every command-line flag and default.
 //! - [`stats`]: counters of what happened.
 //!
@@ -21,6 +22,7 @@ pub mod dispatch;
 pub mod framing;
 mod listener;
 pub mod plugin;
+pub mod reload;
 pub mod stats;
 
 use std::future::Future;
@@ -38,14 +40,15 @@ pub use stats::{Snapshot, Stats};
 use dispatch::Dispatcher;
 use listener::{Bound, Shared};
 use plugin::engine::{EngineLimits, EpochTicker, new_engine};
-use plugin::loader::{CompileCache, Loader};
+use plugin::loader::Loader;
+use reload::{ReloadHandle, Reloader};
 
 /// A server with its plugin loaded and its sockets bound, not yet serving.
 pub struct Server {
     config: Config,
     bound: Vec<Bound>,
     dispatcher: Arc<Dispatcher>,
-    _loader: Arc<Loader>,
+    reloader: Reloader,
     _ticker: EpochTicker,
     stats: Arc<Stats>,
 }
@@ -61,14 +64,16 @@ impl Server {
             fuel: config.fuel.is_some(),
         })?;
         let ticker = EpochTicker::start(&engine)?;
-        let loader = Arc::new(Loader::new(engine, CompileCache::default_dir(), stats.clone())?);
+        let loader = Arc::new(Loader::new(engine, config.cache_dir(), stats.clone())?);
         let plugin = loader.load(&config.plugin, &dispatch::call_limits(&config)).await?;
         let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
         let mut bound = Vec::new();
+        let workers = config.workers.unwrap_or_else(default_workers);
         for (transport, addr) in config.bind_list() {
-            bound.push(listener::bind(transport, addr)?);
+            bound.push(listener::bind(transport, addr, workers)?);
         }
-        Ok(Server { config, bound, dispatcher, _loader: loader, _ticker: ticker, stats })
+        let reloader = Reloader::new(config.plugin.clone(), loader, dispatcher.clone(), stats.clone());
+        Ok(Server { config, bound, dispatcher, reloader, _ticker: ticker, stats })
     }
 
     /// The bound addresses, with any port 0 resolved.
@@ -81,10 +86,22 @@ impl Server {
         self.stats.clone()
     }
 
+    /// A handle that reloads the plugin file, as SIGHUP does.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reloader.handle()
+    }
+
     /// Serve until `shutdown` completes, then stop accepting, let in-flight
     /// requests finish for up to `--drain-timeout`, and return the counters.
+    ///
+    /// While serving, the plugin is reloaded when its file changes (unless
+    /// `--no-watch`) and on SIGHUP, and SIGUSR1 logs the counters.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Snapshot> {
-        let Server { config, bound, dispatcher, stats, .. } = self;
+        let Server { config, bound, dispatcher, reloader, stats, .. } = self;
+        let token = CancellationToken::new();
+        let reload_task = reloader.start(!config.no_watch, token.clone())?;
+        let reload_task = tokio::spawn(reload_task);
+        let stats_task = tokio::spawn(dump_stats_on_sigusr1(stats.clone(), token.clone()));
         let shared = Arc::new(Shared {
             dispatcher,
             framing: config.framing,
@@ -92,17 +109,15 @@ impl Server {
             max_connections: config.max_connections,
             idle_timeout: config.idle_timeout,
         });
-        let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let udp_loops = config.workers.unwrap_or_else(default_workers) * 2;
         for b in bound {
             let addr = b.local_addr().context("bound socket has no address")?;
             // One parseable line per listener, e.g. `listening udp 127.0.0.1:7000`.
             tracing::info!("listening {} {addr}", b.transport());
             let (shared, token) = (shared.clone(), token.clone());
             match b {
-                Bound::Udp(socket) => {
-                    tracker.spawn(listener::udp::serve(socket, udp_loops, shared, token));
+                Bound::Udp(sockets) => {
+                    tracker.spawn(listener::udp::serve(sockets, shared, token));
                 }
                 Bound::Tcp(l) => {
                     tracker.spawn(listener::tcp::serve(l, shared, token, tracker.clone()));
@@ -116,9 +131,24 @@ impl Server {
         if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
             tracing::warn!("drain timeout: {} tasks still running are abandoned", tracker.len());
         }
+        let _ = tokio::join!(reload_task, stats_task);
         let snapshot = stats.snapshot();
         tracing::info!("stats {snapshot}");
         Ok(snapshot)
+    }
+}
+
+/// Log the counters on every SIGUSR1 (`kill -USR1 PID`), as one
+/// `stats name=value ...` line.
+async fn dump_stats_on_sigusr1(stats: Arc<Stats>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = usr1.recv() => if s.is_none() { return },
+        }
+        tracing::info!("stats {}", stats.snapshot());
     }
 }
 

@@ -27,8 +27,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers.unwrap_or_else(host::default_workers))
+        // Plugins called synchronously run on these threads' stacks: room for
+        // the wasm stack (`MAX_WASM_STACK`) plus the host frames below it.
+        .thread_stack_size(WORKER_STACK)
         .enable_all()
         .build();
     let result = match runtime {
@@ -40,6 +44,23 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Native stack of each worker thread.
+const WORKER_STACK: usize = host::plugin::engine::MAX_WASM_STACK + (4 << 20);
+
+/// Every TCP connection is a file descriptor: raise the soft limit to the
+/// hard limit (as Go and nginx do), so `--max-connections` is not capped by
+/// a default soft limit of 1024. Failure only means the default stays.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!("cannot raise the open files limit from {soft} to {hard}: {e}");
+            }
         }
     }
 }

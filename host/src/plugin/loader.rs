@@ -2,7 +2,6 @@
 //! cache), link against the host's imports, and validate by instantiating it
 //! once. Only a plugin that passes every step is ever served.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,6 +9,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
+use super::cache::CompileCache;
 use super::{CallLimits, HostState, Plugin, PluginInfo, bindings};
 use crate::stats::Stats;
 
@@ -114,10 +114,12 @@ impl Loader {
             Some([0, b'a', b's', b'm', ..]) => {}
             _ => return Err(LoadError::NotWasm { path: p() }),
         }
-        let digest = hex(&Sha256::digest(&bytes));
+        let started = std::time::Instant::now();
+        let digest = sha256_hex(&bytes);
         let info = Arc::new(PluginInfo {
             name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             version: digest[..12].to_string(),
+            sha256: digest.clone(),
             path: p(),
         });
 
@@ -139,10 +141,16 @@ impl Loader {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { path: p(), message: one_line(&e) })?;
-        let plugin = Plugin { info, pre, handle };
+        // Only the host's own interfaces can be called without a fiber: WASI
+        // functions may block (see `Plugin::is_sync`).
+        let sync = component
+            .component_type()
+            .imports(&self.engine)
+            .all(|(name, _)| name.starts_with("sockets:plugin/"));
+        let plugin = Plugin { info, pre, handle, sync };
 
         // Validate: instantiate once and check the type of `handle`.
-        let mut instance = plugin
+        let instance = plugin
             .instantiate(limits)
             .await
             .map_err(|e| LoadError::Instantiate { path: p(), message: e.to_string() })?;
@@ -153,15 +161,15 @@ impl Loader {
                 path: p(),
                 message: format!("`handle` has the wrong type: {}", one_line(&e)),
             })?;
-        let _ = &mut instance;
+        drop(instance);
         tracing::info!(
-            plugin = %plugin.info.name,
-            version = %plugin.info.version,
-            path = %path.display(),
-            cache = if hit { "hit" } else { "miss" },
-            "loaded plugin {} version {}",
+            "loaded plugin {} version {} from {} in {:.1?} (compile cache {}, {} calls)",
             plugin.info.name,
             plugin.info.version,
+            path.display(),
+            started.elapsed(),
+            if hit { "hit" } else { "miss" },
+            if plugin.sync { "sync" } else { "async" },
         );
         Ok(plugin)
     }
@@ -187,84 +195,13 @@ fn compile(
     Ok((component, false))
 }
 
-/// Compiled components on disk, keyed by the sha256 of the plugin file and
-/// the engine's compatibility hash (wasmtime version and settings).
-///
-/// Deserializing compiled code runs it without validation, so the cache must
-/// be a directory only the host's user can write: it is created with mode
-/// 0700 and a cache directory writable by others is refused.
-#[derive(Clone, Debug)]
-pub struct CompileCache {
-    dir: PathBuf,
-}
-
-impl CompileCache {
-    /// A cache in `dir` (created on first use).
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
-    }
-
-    /// The default location: `$XDG_CACHE_HOME/wasm-sockets-host` or
-    /// `~/.cache/wasm-sockets-host`.
-    pub fn default_dir() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(base.join("wasm-sockets-host"))
-    }
-
-    fn file(&self, engine: &Engine, digest: &str) -> PathBuf {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut h = DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        self.dir.join(format!("{digest}-{:016x}.cwasm", h.finish()))
-    }
-
-    fn safe_dir(&self) -> bool {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        match std::fs::metadata(&self.dir) {
-            // SAFETY: geteuid has no preconditions.
-            Ok(m) => m.is_dir() && m.permissions().mode() & 0o022 == 0 && m.uid() == unsafe { libc::geteuid() },
-            Err(_) => false,
-        }
-    }
-
-    fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
-        let file = self.file(engine, digest);
-        if !file.exists() || !self.safe_dir() {
-            return None;
-        }
-        // SAFETY: the file was written by `put` below into a directory only
-        // this user can write (checked by `safe_dir`), from a component this
-        // engine compiled; wasmtime also checks the engine compatibility.
-        match unsafe { Component::deserialize_file(engine, &file) } {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(file = %file.display(), "ignoring unusable compile cache entry: {}", one_line(&e));
-                None
-            }
-        }
-    }
-
-    fn put(&self, engine: &Engine, digest: &str, component: &Component) {
-        let result = (|| -> anyhow::Result<()> {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
-            anyhow::ensure!(self.safe_dir(), "{} is writable by other users", self.dir.display());
-            let bytes = component.serialize()?;
-            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-            tmp.write_all(&bytes)?;
-            tmp.persist(self.file(engine, digest))?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::warn!(dir = %self.dir.display(), "cannot write the compile cache: {}", one_line(&e));
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The sha256 of `bytes` in lower-case hex: a plugin version's identity.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// An error and its causes on one line.

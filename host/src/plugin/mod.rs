@@ -8,6 +8,7 @@
 //! request to the next.
 
 pub mod bindings;
+pub mod cache;
 pub mod engine;
 pub mod loader;
 
@@ -20,7 +21,7 @@ use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub use bindings::{RequestRef, Transport};
+pub use bindings::{Reply, RequestRef, Transport};
 
 /// Bytes of plugin stdout/stderr kept per request; the rest is dropped.
 pub const MAX_PLUGIN_OUTPUT: usize = 16 << 10;
@@ -32,8 +33,10 @@ pub const MAX_LOG_MESSAGE: usize = 4 << 10;
 pub struct PluginInfo {
     /// File stem, e.g. `echo` for `echo.wasm`.
     pub name: String,
-    /// First 12 hex digits of the file's sha256.
+    /// First 12 hex digits of the file's sha256: the version shown in logs.
     pub version: String,
+    /// The file's whole sha256, in hex.
+    pub sha256: String,
     /// Where it was loaded from.
     pub path: PathBuf,
 }
@@ -43,6 +46,10 @@ pub struct Plugin {
     info: Arc<PluginInfo>,
     pre: InstancePre<HostState>,
     handle: wasmtime::component::ComponentExportIndex,
+    /// True when no import of the plugin can block (it imports only the
+    /// host's own `sockets:plugin` interfaces): such a plugin is instantiated
+    /// and called synchronously, without a fiber. See [`Plugin::is_sync`].
+    sync: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -104,26 +111,47 @@ impl Plugin {
         &self.info
     }
 
+    /// Whether calls run synchronously on the calling thread.
+    ///
+    /// A plugin whose imports cannot block (only `sockets:plugin/log`, no
+    /// WASI) is called without a fiber, which is several times cheaper. Its
+    /// deadline is still enforced by the epoch, but a runaway call holds its
+    /// thread until `--timeout` instead of yielding every tick. A plugin
+    /// that imports WASI may block in a host call (a sleep, a poll), so it is
+    /// always called on a fiber where the host can cut it off.
+    pub fn is_sync(&self) -> bool {
+        self.sync
+    }
+
+    /// Call this plugin on a fiber even if it could be called synchronously
+    /// (for benchmarks that measure what a fiber costs).
+    #[doc(hidden)]
+    pub fn force_async(&mut self) {
+        self.sync = false;
+    }
+
     /// Create a sandboxed instance.
     pub async fn instantiate(&self, limits: &CallLimits) -> Result<Instance, CallError> {
-        let mut store = Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory));
+        let mut store = Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory, self.sync));
         store.limiter(|s| &mut s.limits);
-        // Yield to the scheduler at every epoch tick; trap once the call's
-        // tick budget (set per call) is spent.
-        store.set_epoch_deadline(1);
+        // At every epoch tick: trap once the call's tick budget (set per
+        // call) is spent; until then yield to the scheduler (async calls) or
+        // just continue (sync calls cannot yield).
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
             if state.ticks_left == 0 {
                 return Ok(UpdateDeadline::Interrupt);
             }
             state.ticks_left -= 1;
-            Ok(UpdateDeadline::Yield(1))
+            Ok(if state.sync { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) })
         });
-        store.data_mut().ticks_left = ticks(limits.timeout);
-        if let Some(fuel) = limits.fuel {
-            store.set_fuel(fuel).map_err(|e| CallError::Instantiate(e.into()))?;
-        }
-        let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+        arm(&mut store, limits)?;
+        let instance = if self.sync {
+            self.pre.instantiate(&mut store)
+        } else {
+            self.pre.instantiate_async(&mut store).await
+        };
+        let instance = instance.map_err(|e| {
             if e.downcast_ref::<Trap>().is_some() {
                 CallError::from_wasmtime(e, limits.timeout)
             } else {
@@ -150,32 +178,52 @@ impl Instance {
         self.calls
     }
 
-    /// Call `handle` once. On `Ok(Some(bytes))` the caller gets the reply.
+    /// Call `handle` once. On `Ok(Some(reply))` the caller gets the reply,
+    /// or its size if it was over `max_reply` (then it was never copied).
     ///
     /// The caller bounds the whole call with a timer as well: the epoch
     /// deadline stops guest code, the timer also stops a call blocked in a
     /// host function.
-    pub async fn call(&mut self, req: RequestRef<'_>, limits: &CallLimits) -> Result<Option<Vec<u8>>, CallError> {
+    pub async fn call(
+        &mut self,
+        req: RequestRef<'_>,
+        limits: &CallLimits,
+        max_reply: usize,
+    ) -> Result<Option<Reply>, CallError> {
         self.calls += 1;
         if self.calls > 1 {
-            self.store.data_mut().ticks_left = ticks(limits.timeout);
-            if let Some(fuel) = limits.fuel {
-                self.store.set_fuel(fuel).map_err(|e| CallError::Instantiate(e.into()))?;
-            }
+            // A reused instance gets a fresh budget for every call.
+            arm(&mut self.store, limits)?;
         }
         // SAFETY: the loader checked that `handle` has exactly this type with
         // `Func::typed`; only the lifetime of the borrowed request differs,
         // which does not change the canonical ABI.
         let func: TypedFunc<bindings::HandleParams<'_>, bindings::HandleResult> =
             unsafe { TypedFunc::new_unchecked(self.handle) };
-        let result = func.call_async(&mut self.store, (req,)).await;
+        let result = if self.store.data().sync {
+            bindings::set_reply_cap(max_reply);
+            func.call(&mut self.store, (req,))
+        } else {
+            bindings::with_reply_cap(max_reply, func.call_async(&mut self.store, (req,))).await
+        };
         self.store.data_mut().flush_output();
         match result {
             Ok((Ok(reply),)) => Ok(reply),
-            Ok((Err(message),)) => Err(CallError::Plugin(truncate(message, MAX_LOG_MESSAGE))),
+            Ok((Err(message),)) => Err(CallError::Plugin(truncate(message.0, MAX_LOG_MESSAGE))),
             Err(e) => Err(CallError::from_wasmtime(e, limits.timeout)),
         }
     }
+}
+
+/// Give `store` the budget of one call: `--timeout` in epoch ticks, counted
+/// from now, and `--fuel` if metering is on.
+fn arm(store: &mut Store<HostState>, limits: &CallLimits) -> Result<(), CallError> {
+    store.set_epoch_deadline(1);
+    store.data_mut().ticks_left = ticks(limits.timeout);
+    if let Some(fuel) = limits.fuel {
+        store.set_fuel(fuel).map_err(|e| CallError::Instantiate(e.into()))?;
+    }
+    Ok(())
 }
 
 fn ticks(timeout: Duration) -> u64 {
@@ -196,49 +244,70 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 /// The data of one store: only what a sandboxed request needs.
+///
+/// Kept small because one is built per request. The WASI context is built
+/// only when the plugin first calls a WASI function: most requests of most
+/// plugins never do, and building it (random seeds, clocks, pipes) would
+/// cost more than the call itself.
 pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
     limits: StoreLimits,
     info: Arc<PluginInfo>,
+    /// Epoch ticks left before the current call is interrupted.
+    ticks_left: u64,
+    /// Whether this store is driven by synchronous calls (see [`Plugin::is_sync`]).
+    sync: bool,
+    wasi: Option<Box<WasiState>>,
+}
+
+/// WASI for one store: no args, no env, no files, no network; stdout and
+/// stderr captured for the log.
+struct WasiState {
+    ctx: WasiCtx,
+    table: ResourceTable,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     /// How much of stdout/stderr was already logged (instances can be reused).
     logged: [usize; 2],
-    ticks_left: u64,
 }
 
-impl HostState {
-    fn new(info: Arc<PluginInfo>, max_memory: usize) -> Self {
+impl WasiState {
+    fn new() -> Self {
         let stdout = MemoryOutputPipe::new(MAX_PLUGIN_OUTPUT);
         let stderr = MemoryOutputPipe::new(MAX_PLUGIN_OUTPUT);
-        // No args, no env, no preopened directories, no network: the WASI
-        // defaults grant nothing. Output is captured and sent to the log.
-        let wasi = WasiCtx::builder()
+        // The WASI defaults grant nothing: no args, no env, no preopened
+        // directories. Sockets are refused explicitly as well.
+        let ctx = WasiCtx::builder()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        Self { ctx, table: ResourceTable::new(), stdout, stderr, logged: [0; 2] }
+    }
+}
+
+impl HostState {
+    fn new(info: Arc<PluginInfo>, max_memory: usize, sync: bool) -> Self {
         let limits = StoreLimitsBuilder::new()
             .memory_size(max_memory)
             // Fail loudly: a plugin that hits the cap traps instead of seeing
             // `memory.grow` fail and limping on.
             .trap_on_grow_failure(true)
             .build();
-        Self { wasi, table: ResourceTable::new(), limits, info, stdout, stderr, logged: [0; 2], ticks_left: 0 }
+        Self { limits, info, ticks_left: 0, sync, wasi: None }
     }
 
     /// Send what the plugin printed to the host's log, one event per line.
     fn flush_output(&mut self) {
-        for (i, pipe) in [&self.stdout, &self.stderr].into_iter().enumerate() {
+        let Some(wasi) = self.wasi.as_deref_mut() else { return };
+        for (i, pipe) in [&wasi.stdout, &wasi.stderr].into_iter().enumerate() {
             let bytes = pipe.contents();
-            let new = &bytes[self.logged[i].min(bytes.len())..];
+            let new = &bytes[wasi.logged[i].min(bytes.len())..];
             if new.is_empty() {
                 continue;
             }
-            self.logged[i] = bytes.len();
+            wasi.logged[i] = bytes.len();
             let (name, version) = (&self.info.name, &self.info.version);
             for line in String::from_utf8_lossy(new).lines() {
                 if i == 0 {
@@ -253,7 +322,8 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(WasiState::new()));
+        WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
     }
 }
 

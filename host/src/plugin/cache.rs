@@ -1,0 +1,92 @@
+//! The compile cache: compiled plugins on disk, keyed by content.
+//!
+//! Compiling a Python or JavaScript plugin takes seconds; loading it from
+//! here takes milliseconds. Entries are named by the sha256 of the plugin
+//! file and wasmtime's compatibility hash of the engine, so a changed file,
+//! a new host version or different engine settings never hit a stale entry.
+//! Nothing is ever evicted; delete the directory to clear it.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::loader::one_line;
+
+/// Compiled components on disk, keyed by the sha256 of the plugin file and
+/// the engine's compatibility hash (wasmtime version and settings).
+///
+/// Deserializing compiled code runs it without validation, so the cache must
+/// be a directory only the host's user can write: it is created with mode
+/// 0700 and a cache directory writable by others is refused.
+#[derive(Clone, Debug)]
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    /// A cache in `dir` (created on first use).
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// The default location: `$XDG_CACHE_HOME/wasm-sockets-host` or
+    /// `~/.cache/wasm-sockets-host`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("wasm-sockets-host"))
+    }
+
+    fn file(&self, engine: &Engine, digest: &str) -> PathBuf {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        self.dir.join(format!("{digest}-{:016x}.cwasm", h.finish()))
+    }
+
+    fn safe_dir(&self) -> bool {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        match std::fs::metadata(&self.dir) {
+            // SAFETY: geteuid has no preconditions.
+            Ok(m) => m.is_dir() && m.permissions().mode() & 0o022 == 0 && m.uid() == unsafe { libc::geteuid() },
+            Err(_) => false,
+        }
+    }
+
+    pub(crate) fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let file = self.file(engine, digest);
+        if !file.exists() || !self.safe_dir() {
+            return None;
+        }
+        // SAFETY: the file was written by `put` below into a directory only
+        // this user can write (checked by `safe_dir`), from a component this
+        // engine compiled; wasmtime also checks the engine compatibility.
+        match unsafe { Component::deserialize_file(engine, &file) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "ignoring unusable compile cache entry: {}", one_line(&e));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn put(&self, engine: &Engine, digest: &str, component: &Component) {
+        let result = (|| -> anyhow::Result<()> {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+            anyhow::ensure!(self.safe_dir(), "{} is writable by other users", self.dir.display());
+            let bytes = component.serialize()?;
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+            tmp.write_all(&bytes)?;
+            tmp.persist(self.file(engine, digest))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(dir = %self.dir.display(), "cannot write the compile cache: {}", one_line(&e));
+        }
+    }
+}
+

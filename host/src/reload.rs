@@ -1,0 +1,210 @@
+//! Hot reload: replace the plugin while traffic flows.
+//!
+//! Triggers: a change to the plugin file (watched with `notify`), SIGHUP, or
+//! [`ReloadHandle::reload`]. A reload reads the file, compiles it off the
+//! request path (or takes it from the compile cache), links and validates it,
+//! and only then swaps it in with one atomic pointer swap
+//! ([`Dispatcher::swap`]). Requests already running finish on the version
+//! they started with; open TCP connections stay open and their next frames go
+//! to the new version.
+//!
+//! A file that cannot be read, is truncated or half-written, is not a
+//! component, or does not implement the world never replaces the working
+//! version: one line is logged and the host keeps serving the old one.
+//!
+//! Editors and `cp` write a file in several steps (truncate, write, write,
+//! rename). Events are debounced: a reload starts only once the file has been
+//! quiet for [`DEBOUNCE`]. A write that pauses longer than that is caught by
+//! validation (a partial component does not compile) and picked up again at
+//! its next event.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+use crate::plugin::CallLimits;
+use crate::plugin::loader::{Loader, sha256_hex};
+use crate::stats::Stats;
+
+/// How long the plugin file must be quiet before a reload starts.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Why a reload was asked for, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The file changed on disk.
+    FileChanged,
+    /// SIGHUP.
+    Signal,
+    /// [`ReloadHandle::reload`].
+    Api,
+}
+
+/// Asks the reloader to reload; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle(mpsc::UnboundedSender<Trigger>);
+
+impl ReloadHandle {
+    /// Reload the plugin file now (debounced like a file change).
+    pub fn reload(&self) {
+        let _ = self.0.send(Trigger::Api);
+    }
+}
+
+/// Reloads one listener set's plugin.
+pub(crate) struct Reloader {
+    path: PathBuf,
+    loader: Arc<Loader>,
+    dispatcher: Arc<Dispatcher>,
+    limits: CallLimits,
+    stats: Arc<Stats>,
+    /// The sha256 of the last file that failed, so each bad file is logged once.
+    last_failure: Option<String>,
+    tx: mpsc::UnboundedSender<Trigger>,
+    rx: mpsc::UnboundedReceiver<Trigger>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, loader: Arc<Loader>, dispatcher: Arc<Dispatcher>, stats: Arc<Stats>) -> Self {
+        let limits = *dispatcher.limits();
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self { path, loader, dispatcher, limits, stats, last_failure: None, tx, rx }
+    }
+
+    /// A handle that triggers reloads.
+    pub fn handle(&self) -> ReloadHandle {
+        ReloadHandle(self.tx.clone())
+    }
+
+    /// Start watching (unless `watch` is false) and listening for SIGHUP;
+    /// returns the task that reloads until `shutdown`.
+    pub fn start(
+        mut self,
+        watch: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+        let tx = self.tx.clone();
+        let watcher = if watch { Some(watch_file(&self.path, tx.clone())?) } else { None };
+        let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let rx = std::mem::replace(&mut self.rx, mpsc::unbounded_channel().1);
+        Ok(self.run(rx, tx, sighup, watcher, shutdown))
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Trigger>,
+        tx: mpsc::UnboundedSender<Trigger>,
+        mut sighup: tokio::signal::unix::Signal,
+        _watcher: Option<notify::RecommendedWatcher>,
+        shutdown: CancellationToken,
+    ) {
+        // SIGHUP is turned into a trigger like the others.
+        let signals = {
+            let shutdown = shutdown.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        s = sighup.recv() => if s.is_none() { return },
+                    }
+                    let _ = tx.send(Trigger::Signal);
+                }
+            }
+        };
+        let reloads = async {
+            loop {
+                let first = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    t = rx.recv() => match t { Some(t) => t, None => return },
+                };
+                // Debounce: wait until no trigger has come for DEBOUNCE.
+                let mut trigger = first;
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                        Ok(Some(t)) => trigger = if t == Trigger::FileChanged { trigger } else { t },
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                self.reload(trigger).await;
+            }
+        };
+        tokio::join!(signals, reloads);
+    }
+
+    /// Load the file and swap it in if it is a new, valid version.
+    async fn reload(&mut self, trigger: Trigger) {
+        let started = Instant::now();
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.failed(format!("cannot read {}: {e}", self.path.display()), None);
+                return;
+            }
+        };
+        let digest = sha256_hex(&bytes);
+        let current = self.dispatcher.current();
+        let old = current.plugin().info().version.clone();
+        if current.plugin().info().sha256 == digest {
+            // Touched, or SIGHUP with no change: nothing to do.
+            tracing::debug!(path = %self.path.display(), "reload: version {old} unchanged");
+            return;
+        }
+        drop(current);
+        if self.last_failure.as_deref() == Some(digest.as_str()) && trigger == Trigger::FileChanged {
+            return;
+        }
+        match self.loader.load_bytes(&self.path, bytes, &self.limits).await {
+            Ok(plugin) => {
+                let new = plugin.info().version.clone();
+                self.dispatcher.swap(plugin);
+                self.last_failure = None;
+                Stats::incr(&self.stats.reloads);
+                tracing::info!(
+                    "reloaded plugin {}: version {old} -> {new} in {:.1?} ({trigger:?})",
+                    self.path.display(),
+                    started.elapsed()
+                );
+            }
+            Err(e) => self.failed(e.to_string(), Some(digest)),
+        }
+    }
+
+    fn failed(&mut self, why: String, digest: Option<String>) {
+        Stats::incr(&self.stats.reload_failures);
+        let version = self.dispatcher.current().plugin().info().version.clone();
+        tracing::warn!("reload failed, still serving version {version}: {why}");
+        self.last_failure = digest;
+    }
+}
+
+/// Watch the directory of `path` (not the file itself: editors and `mv`
+/// replace the file, which would end a watch on it) and send a trigger for
+/// every event that names the file.
+fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> anyhow::Result<notify::RecommendedWatcher> {
+    use anyhow::Context as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+            let _ = tx.send(Trigger::FileChanged);
+        }
+    })
+    .context("cannot start the file watcher")?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {} for plugin changes", dir.display()))?;
+    Ok(watcher)
+}
