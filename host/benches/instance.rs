@@ -6,8 +6,7 @@
 //! - `reused`: one call on an instance kept across calls (`--instance-reuse`).
 //!
 //! Run: `cargo bench -p host --bench instance` (plugins built first with
-//! `scripts/build-plugins.sh`). Plugins that import WASI are called on a
-//! fiber (async); `echo` imports nothing and is called synchronously.
+//! `scripts/build-plugins.sh`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,15 +32,9 @@ fn bench(c: &mut Criterion) {
     let payload = [b'x'; 64];
     let req = RequestRef { transport: Transport::Udp, peer: "127.0.0.1:40000", local: "127.0.0.1:7000", payload: &payload };
 
-    // `echo` twice: called synchronously (as served) and on a fiber, to
-    // show what a fiber costs; `upper` imports WASI, so it is always async.
-    for (name, force_async) in [("echo", false), ("echo", true), ("upper", false)] {
-        let mut plugin = rt.block_on(loader.load(&plugin_path(name), &limits)).unwrap();
-        if force_async {
-            plugin.force_async();
-        }
-        let mode = if plugin.is_sync() { "sync" } else { "async" };
-        c.bench_function(&format!("{name}/{mode}/fresh: instantiate + call + drop"), |b| {
+    for name in ["echo", "upper"] {
+        let plugin = rt.block_on(loader.load(&plugin_path(name), &limits)).unwrap();
+        c.bench_function(&format!("{name}/fresh: instantiate + call + drop"), |b| {
             b.iter(|| {
                 rt.block_on(async {
                     let mut instance = plugin.instantiate(&limits).await.unwrap();
@@ -50,7 +43,7 @@ fn bench(c: &mut Criterion) {
             })
         });
         let mut instance = rt.block_on(plugin.instantiate(&limits)).unwrap();
-        c.bench_function(&format!("{name}/{mode}/reused: call"), |b| {
+        c.bench_function(&format!("{name}/reused: call"), |b| {
             b.iter(|| rt.block_on(instance.call(req, &limits, 1 << 20)).unwrap().unwrap())
         });
     }

@@ -86,12 +86,7 @@ thread_local! {
     static REPLY_CAP: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Set the reply cap of the next synchronous call on this thread.
-pub fn set_reply_cap(cap: usize) {
-    REPLY_CAP.set(cap);
-}
-
-/// Run `call` (an async plugin call) with `cap` as its reply cap.
+/// Run `call` (a plugin call) with `cap` as its reply cap.
 ///
 /// The cap is set on whichever thread polls the call, at every poll: an
 /// async call may move between threads, and the reply is lifted on the

@@ -141,13 +141,7 @@ impl Loader {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { path: p(), message: one_line(&e) })?;
-        // Only the host's own interfaces can be called without a fiber: WASI
-        // functions may block (see `Plugin::is_sync`).
-        let sync = component
-            .component_type()
-            .imports(&self.engine)
-            .all(|(name, _)| name.starts_with("sockets:plugin/"));
-        let plugin = Plugin { info, pre, handle, sync };
+        let plugin = Plugin { info, pre, handle };
 
         // Validate: instantiate once and check the type of `handle`.
         let instance = plugin
@@ -163,13 +157,12 @@ impl Loader {
             })?;
         drop(instance);
         tracing::info!(
-            "loaded plugin {} version {} from {} in {:.1?} (compile cache {}, {} calls)",
+            "loaded plugin {} version {} from {} in {:.1?} (compile cache {})",
             plugin.info.name,
             plugin.info.version,
             path.display(),
             started.elapsed(),
             if hit { "hit" } else { "miss" },
-            if plugin.sync { "sync" } else { "async" },
         );
         Ok(plugin)
     }
