@@ -163,7 +163,9 @@ impl Config {
         if self.no_cache {
             return None;
         }
-        self.cache_dir.clone().or_else(crate::plugin::cache::CompileCache::default_dir)
+        self.cache_dir
+            .clone()
+            .or_else(crate::plugin::cache::CompileCache::default_dir)
     }
 
     /// The effective reply cap for one transport.
@@ -216,7 +218,14 @@ mod tests {
 
     #[test]
     fn sizes_and_durations_parse_with_units() {
-        let c = parse(&["--max-memory", "64MiB", "--max-request", "512", "--timeout", "2s"]);
+        let c = parse(&[
+            "--max-memory",
+            "64MiB",
+            "--max-request",
+            "512",
+            "--timeout",
+            "2s",
+        ]);
         assert_eq!(c.max_memory, 64 << 20);
         assert_eq!(c.max_request, 512);
         assert_eq!(c.timeout, Duration::from_secs(2));

@@ -13,7 +13,11 @@ fn main() -> ExitCode {
             // Clap's first paragraph names the bad flag or value (over one or
             // more lines); the usage block after it is noise in a one-line error.
             let msg = e.to_string();
-            let first: Vec<&str> = msg.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let first: Vec<&str> = msg
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
             eprintln!("{} (see host --help)", first.join(" "));
             return ExitCode::from(2);
         }

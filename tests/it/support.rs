@@ -16,13 +16,20 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A built plugin, `target/plugins/NAME.wasm`. Panics with the fix if missing.
 pub fn plugin(name: &str) -> PathBuf {
     let path = root().join("target/plugins").join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is missing: run scripts/build-plugins.sh first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        path.display()
+    );
     path
 }
 
@@ -41,7 +48,13 @@ impl Logs {
     }
 
     pub fn count(&self, needle: &str) -> usize {
-        self.0.0.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Wait until `count(needle) >= n`; returns the final count.
@@ -82,7 +95,19 @@ impl Host {
     }
 
     pub fn start_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Host {
-        let strs: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+        Self::start_with(args, env, |_| {})
+    }
+
+    /// Start with `env` set and `configure` applied to the command.
+    pub fn start_with<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Host {
+        let strs: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
         let expected = strs
             .iter()
             .map(|a| match a.as_str() {
@@ -94,11 +119,15 @@ impl Host {
         // No address flag: the default address, served over UDP and TCP.
         let expected = if expected == 0 { 2 } else { expected };
         let mut cmd = Command::new(host_bin());
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         cmd.env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        configure(&mut cmd);
         let mut child = cmd.spawn().expect("spawn host");
         let stderr = child.stderr.take().unwrap();
         let logs = Logs::default();
@@ -120,13 +149,26 @@ impl Host {
         }
         let (mut udp, mut tcp) = (Vec::new(), Vec::new());
         for line in logs.lines() {
-            let Some(rest) = line.split("listening ").nth(1) else { continue };
+            let Some(rest) = line.split("listening ").nth(1) else {
+                continue;
+            };
             let mut words = rest.split_whitespace();
-            let (Some(t), Some(a)) = (words.next(), words.next()) else { continue };
+            let (Some(t), Some(a)) = (words.next(), words.next()) else {
+                continue;
+            };
             let addr: SocketAddr = a.parse().unwrap();
-            if t == "udp" { udp.push(addr) } else { tcp.push(addr) }
+            if t == "udp" {
+                udp.push(addr)
+            } else {
+                tcp.push(addr)
+            }
         }
-        Host { child, udp, tcp, logs }
+        Host {
+            child,
+            udp,
+            tcp,
+            logs,
+        }
     }
 
     /// Send SIGTERM.
@@ -176,19 +218,34 @@ fn libc_sigterm() -> i32 {
 }
 
 fn signal(child: &Child, sig: i32) {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
 /// Run `host` to completion (for startup errors): (exit code, stderr).
 pub fn run_host<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
-    let out = Command::new(host_bin()).args(args).stdin(Stdio::null()).output().expect("run host");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(host_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run host");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A UDP socket bound to loopback of the same family as `to`.
 pub fn udp_client(to: SocketAddr) -> UdpSocket {
-    let bind = if to.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+    let bind = if to.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
     let s = UdpSocket::bind(bind).unwrap();
     s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     s.connect(to).unwrap();
@@ -223,7 +280,8 @@ pub fn tcp_connect(to: SocketAddr) -> TcpStream {
 /// Read exactly `n` bytes.
 pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    s.read_exact(&mut buf).unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+    s.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
     buf
 }
 
@@ -240,14 +298,20 @@ pub fn read_line(s: &mut TcpStream) -> Vec<u8> {
     let mut byte = [0u8; 1];
     loop {
         match s.read(&mut byte) {
-            Ok(0) => panic!("connection closed after {:?}", String::from_utf8_lossy(&out)),
+            Ok(0) => panic!(
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&out)
+            ),
             Ok(_) => {
                 out.push(byte[0]);
                 if byte[0] == b'\n' {
                     return out;
                 }
             }
-            Err(e) => panic!("reading a line: {e} (got {:?})", String::from_utf8_lossy(&out)),
+            Err(e) => panic!(
+                "reading a line: {e} (got {:?})",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
 }
@@ -263,5 +327,108 @@ pub fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
             Err(_) => return false,
         }
+    }
+}
+
+impl Host {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The counters, read by sending SIGUSR1 and parsing the `stats` line.
+    pub fn stats(&self) -> std::collections::HashMap<String, u64> {
+        let before = self.logs.count("stats requests=");
+        self.signal(10); // SIGUSR1
+        assert!(
+            self.logs
+                .wait_for("stats requests=", before + 1, REPLY_TIMEOUT)
+                > before,
+            "no stats line"
+        );
+        let line = self
+            .logs
+            .lines()
+            .into_iter()
+            .rev()
+            .find(|l| l.contains("stats requests="))
+            .unwrap();
+        parse_stats(&line)
+    }
+
+    /// Resident memory of the host process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+/// `stats a=1 b=2` -> {a: 1, b: 2}.
+pub fn parse_stats(line: &str) -> std::collections::HashMap<String, u64> {
+    let rest = &line[line.find("stats ").unwrap() + 6..];
+    rest.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// Well-behaved clients that keep sending echo requests over UDP and TCP
+/// while a test does something hostile, and check every reply.
+pub struct GoodTraffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl GoodTraffic {
+    /// One UDP and one TCP (newline framing) client against `host`.
+    pub fn start(host: &Host) -> GoodTraffic {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let (udp, tcp) = (host.udp.first().copied(), host.tcp.first().copied());
+        if let Some(addr) = udp {
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let msg = format!("good udp {n}");
+                    assert_eq!(
+                        udp_roundtrip(addr, msg.as_bytes()),
+                        msg.as_bytes(),
+                        "good UDP request {n}"
+                    );
+                    n += 1;
+                }
+                n
+            }));
+        }
+        if let Some(addr) = tcp {
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut s = tcp_connect(addr);
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let msg = format!("good tcp {n}");
+                    assert_eq!(
+                        line_roundtrip(&mut s, msg.as_bytes()),
+                        format!("{msg}\n").as_bytes(),
+                        "good TCP frame {n}"
+                    );
+                    n += 1;
+                }
+                n
+            }));
+        }
+        GoodTraffic { stop, threads }
+    }
+
+    /// Stop and return how many good requests were answered correctly;
+    /// panics if any client saw a wrong or missing reply.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("a good client failed"))
+            .sum()
     }
 }

@@ -105,7 +105,8 @@ pub fn new_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
         .async_stack_size(ASYNC_STACK)
         // Compilation uses all cores; it runs off the request path.
         .parallel_compilation(true);
-    Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("cannot configure the WebAssembly engine"))
+    Engine::new(&config)
+        .map_err(|e| anyhow::Error::from(e).context("cannot configure the WebAssembly engine"))
 }
 
 /// The single thread that advances the engine's epoch every [`EPOCH_TICK`].
@@ -134,7 +135,10 @@ impl EpochTicker {
                 }
             })
             .context("cannot start the epoch ticker thread")?;
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

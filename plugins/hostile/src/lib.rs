@@ -8,8 +8,11 @@
 //! |-------------|--------------------------------------------------------|
 //! | `loop`      | spins forever (cut off by `--timeout`)                  |
 //! | `sleep`     | blocks in a WASI sleep for an hour (a host call)        |
+//! | `sleep:MS`  | sleeps MS milliseconds, then replies `slept`            |
+//! | `spin:MS`   | busy-loops MS milliseconds, then replies `spun`         |
 //! | `alloc`     | grows memory without end (trapped at `--max-memory`)    |
-//! | `recurse`   | recurses without end (stack overflow trap)              |
+//! | `recurse`   | recurses without end on the shadow stack in linear memory (out of bounds trap) |
+//! | `deep`      | recurses without end on the wasm stack (stack overflow trap) |
 //! | `panic`     | panics (a trap)                                         |
 //! | `big:N`     | replies with N bytes of `x`                             |
 //! | `count`     | bumps a global counter and replies with it              |
@@ -46,9 +49,16 @@ impl Plugin for Hostile {
                     std::hint::black_box(&hoard);
                 }
             }
-            b"recurse" => Ok(Some(recurse(std::hint::black_box(1)).to_le_bytes().to_vec())),
+            b"recurse" => Ok(Some(
+                recurse(std::hint::black_box(1)).to_le_bytes().to_vec(),
+            )),
+            b"deep" => Ok(Some(deep(std::hint::black_box(1)).to_le_bytes().to_vec())),
             b"panic" => panic!("asked to panic"),
-            b"count" => Ok(Some((COUNT.fetch_add(1, Ordering::SeqCst) + 1).to_string().into_bytes())),
+            b"count" => Ok(Some(
+                (COUNT.fetch_add(1, Ordering::SeqCst) + 1)
+                    .to_string()
+                    .into_bytes(),
+            )),
             b"print" => {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
@@ -56,15 +66,41 @@ impl Plugin for Hostile {
             }
             b"err" => Err("refused".into()),
             b"none" => Ok(None),
-            _ if p.starts_with(b"big:") => {
-                let n: usize = std::str::from_utf8(&p[4..]).ok().and_then(|s| s.parse().ok()).ok_or("bad size")?;
-                Ok(Some(vec![b'x'; n]))
+            _ if p.starts_with(b"big:") => Ok(Some(vec![b'x'; number(&p[4..])? as usize])),
+            _ if p.starts_with(b"sleep:") => {
+                std::thread::sleep(std::time::Duration::from_millis(number(&p[6..])?));
+                Ok(Some(b"slept".to_vec()))
+            }
+            _ if p.starts_with(b"spin:") => {
+                let until =
+                    std::time::Instant::now() + std::time::Duration::from_millis(number(&p[5..])?);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                Ok(Some(b"spun".to_vec()))
             }
             _ => Ok(Some(p)),
         }
     }
 }
 
+fn number(digits: &[u8]) -> Result<u64, String> {
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| "bad number".to_string())
+}
+
+/// Only scalars: every frame lives on the wasm stack, none in linear memory.
+fn deep(n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        deep(std::hint::black_box(n + 1)).wrapping_add(n)
+    }
+}
+
+/// An array whose address escapes: every frame takes shadow-stack memory.
 #[allow(unconditional_recursion)]
 fn recurse(n: u64) -> u64 {
     let frame = std::hint::black_box([n; 16]);
