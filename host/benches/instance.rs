@@ -18,47 +18,23 @@ use host::plugin::loader::Loader;
 use host::plugin::{CallLimits, RequestRef, Transport};
 
 fn plugin_path(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-plugins.sh first",
-        path.display()
-    );
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run scripts/build-plugins.sh first", path.display());
     path
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let limits = CallLimits {
-        timeout: Duration::from_millis(500),
-        max_memory: 64 << 20,
-        fuel: None,
-    };
-    let engine = new_engine(EngineLimits {
-        max_memory: limits.max_memory,
-        max_instances: 100,
-        fuel: false,
-    })
-    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let limits = CallLimits { timeout: Duration::from_millis(500), max_memory: 64 << 20, fuel: None };
+    let engine = new_engine(EngineLimits { max_memory: limits.max_memory, max_instances: 100, fuel: false }).unwrap();
     let _ticker = EpochTicker::start(&engine).unwrap();
     let loader = Loader::new(engine, None, Arc::new(host::Stats::default())).unwrap();
     let payload = [b'x'; 64];
-    let req = RequestRef {
-        transport: Transport::Udp,
-        peer: "127.0.0.1:40000",
-        local: "127.0.0.1:7000",
-        payload: &payload,
-    };
+    let req =
+        RequestRef { transport: Transport::Udp, peer: "127.0.0.1:40000", local: "127.0.0.1:7000", payload: &payload };
 
     for name in ["echo", "upper"] {
-        let plugin = rt
-            .block_on(loader.load(&plugin_path(name), &limits))
-            .unwrap();
+        let plugin = rt.block_on(loader.load(&plugin_path(name), &limits)).unwrap();
         c.bench_function(&format!("{name}/fresh: instantiate + call + drop"), |b| {
             b.iter(|| {
                 rt.block_on(async {
@@ -69,11 +45,7 @@ fn bench(c: &mut Criterion) {
         });
         let mut instance = rt.block_on(plugin.instantiate(&limits)).unwrap();
         c.bench_function(&format!("{name}/reused: call"), |b| {
-            b.iter(|| {
-                rt.block_on(instance.call(req, &limits, 1 << 20))
-                    .unwrap()
-                    .unwrap()
-            })
+            b.iter(|| rt.block_on(instance.call(req, &limits, 1 << 20)).unwrap().unwrap())
         });
     }
 }

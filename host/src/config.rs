@@ -163,9 +163,7 @@ impl Config {
         if self.no_cache {
             return None;
         }
-        self.cache_dir
-            .clone()
-            .or_else(crate::plugin::cache::CompileCache::default_dir)
+        self.cache_dir.clone().or_else(crate::plugin::cache::CompileCache::default_dir)
     }
 
     /// The effective reply cap for one transport.
@@ -182,9 +180,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_bytes(s: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = s
-        .parse()
-        .map_err(|e| format!("{e} (try e.g. 65536, 64KiB, 16MiB)"))?;
+    let size: bytesize::ByteSize = s.parse().map_err(|e| format!("{e} (try e.g. 65536, 64KiB, 16MiB)"))?;
     usize::try_from(size.as_u64()).map_err(|_| format!("{s} is too large"))
 }
 
@@ -218,14 +214,7 @@ mod tests {
 
     #[test]
     fn sizes_and_durations_parse_with_units() {
-        let c = parse(&[
-            "--max-memory",
-            "64MiB",
-            "--max-request",
-            "512",
-            "--timeout",
-            "2s",
-        ]);
+        let c = parse(&["--max-memory", "64MiB", "--max-request", "512", "--timeout", "2s"]);
         assert_eq!(c.max_memory, 64 << 20);
         assert_eq!(c.max_request, 512);
         assert_eq!(c.timeout, Duration::from_secs(2));

@@ -81,10 +81,7 @@ impl Dispatcher {
     /// A dispatcher serving `plugin` under `config`'s limits.
     pub fn new(plugin: Plugin, config: &Config, stats: Arc<Stats>) -> Self {
         Self {
-            current: ArcSwap::from_pointee(Version {
-                plugin,
-                idle: Mutex::default(),
-            }),
+            current: ArcSwap::from_pointee(Version { plugin, idle: Mutex::default() }),
             limits: call_limits(config),
             slots: Arc::new(Semaphore::new(config.max_instances as usize)),
             reuse: config.instance_reuse.max(1),
@@ -103,10 +100,7 @@ impl Dispatcher {
     /// Make `plugin` serve every request that starts from now on. Requests
     /// already running finish on the version they started with.
     pub fn swap(&self, plugin: Plugin) -> Arc<Version> {
-        self.current.swap(Arc::new(Version {
-            plugin,
-            idle: Mutex::default(),
-        }))
+        self.current.swap(Arc::new(Version { plugin, idle: Mutex::default() }))
     }
 
     /// The per-request limits.
@@ -124,12 +118,7 @@ impl Dispatcher {
         let version = self.current.load_full();
         Stats::incr(&self.stats.requests);
         let max_reply = self.reply_cap(&req);
-        let wit = RequestRef {
-            transport: req.transport,
-            peer: req.peer,
-            local: req.local,
-            payload: req.payload,
-        };
+        let wit = RequestRef { transport: req.transport, peer: req.peer, local: req.local, payload: req.payload };
         let call = async {
             let (mut instance, permit) = self.checkout(&version).await?;
             let result = instance.call(wit, &self.limits, max_reply).await;
@@ -185,21 +174,13 @@ impl Dispatcher {
     }
 
     /// An idle instance of `version` (reuse mode), or a fresh one.
-    async fn checkout(
-        &self,
-        version: &Version,
-    ) -> Result<(Instance, OwnedSemaphorePermit), CallError> {
+    async fn checkout(&self, version: &Version) -> Result<(Instance, OwnedSemaphorePermit), CallError> {
         if self.reuse > 1 {
             if let Some(idle) = version.idle.lock().expect("idle pool lock").pop() {
                 return Ok(idle);
             }
         }
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("slot semaphore is never closed");
+        let permit = self.slots.clone().acquire_owned().await.expect("slot semaphore is never closed");
         let instance = version.plugin.instantiate(&self.limits).await?;
         Ok((instance, permit))
     }
@@ -231,9 +212,7 @@ impl Dispatcher {
         match req.transport {
             Transport::Tcp => self.max_reply_tcp,
             Transport::Udp if self.max_amplification == 0 => self.max_reply_udp,
-            Transport::Udp => self
-                .max_reply_udp
-                .min(req.payload.len().saturating_mul(self.max_amplification)),
+            Transport::Udp => self.max_reply_udp.min(req.payload.len().saturating_mul(self.max_amplification)),
         }
     }
 
@@ -245,20 +224,12 @@ impl Dispatcher {
         if len > max {
             format!("over the limit of {max} bytes (--max-reply)")
         } else {
-            format!(
-                "over {}x the {}-byte request (--max-amplification)",
-                self.max_amplification,
-                req.payload.len()
-            )
+            format!("over {}x the {}-byte request (--max-amplification)", self.max_amplification, req.payload.len())
         }
     }
 }
 
 /// The per-request limits from the configuration.
 pub fn call_limits(config: &Config) -> CallLimits {
-    CallLimits {
-        timeout: config.timeout,
-        max_memory: config.max_memory,
-        fuel: config.fuel,
-    }
+    CallLimits { timeout: config.timeout, max_memory: config.max_memory, fuel: config.fuel }
 }

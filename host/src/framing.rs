@@ -58,11 +58,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for `framing` that rejects frames longer than `max` bytes.
     pub fn new(framing: Framing, max: usize) -> Self {
-        Self {
-            framing,
-            max,
-            scanned: 0,
-        }
+        Self { framing, max, scanned: 0 }
     }
 
     /// The framing this decoder implements.
@@ -110,10 +106,7 @@ impl Decoder {
                 line.truncate(end);
                 Ok(Some(line.freeze()))
             }
-            None if buf.len() > self.max => Err(FrameError::TooLong {
-                len: buf.len(),
-                max: self.max,
-            }),
+            None if buf.len() > self.max => Err(FrameError::TooLong { len: buf.len(), max: self.max }),
             None => {
                 self.scanned = buf.len();
                 Ok(None)
@@ -121,11 +114,7 @@ impl Decoder {
         }
     }
 
-    fn decode_prefixed(
-        &mut self,
-        buf: &mut BytesMut,
-        header: usize,
-    ) -> Result<Option<Bytes>, FrameError> {
+    fn decode_prefixed(&mut self, buf: &mut BytesMut, header: usize) -> Result<Option<Bytes>, FrameError> {
         if buf.len() < header {
             return Ok(None);
         }
@@ -147,10 +136,7 @@ impl Decoder {
 
 /// Append `payload` to `out` with the framing `framing` adds to replies.
 pub fn encode(framing: Framing, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
-    let too_long = || FrameError::ReplyTooLong {
-        len: payload.len(),
-        framing,
-    };
+    let too_long = || FrameError::ReplyTooLong { len: payload.len(), framing };
     match framing {
         Framing::Lines => {
             out.reserve(payload.len() + 1);
@@ -189,12 +175,7 @@ mod tests {
     const ALL: [Framing; 4] = [Framing::Lines, Framing::U16, Framing::U32, Framing::Raw];
 
     /// Feed `stream` to a decoder in reads of the given sizes; collect frames.
-    fn feed(
-        framing: Framing,
-        max: usize,
-        stream: &[u8],
-        reads: &[usize],
-    ) -> Result<Vec<Vec<u8>>, FrameError> {
+    fn feed(framing: Framing, max: usize, stream: &[u8], reads: &[usize]) -> Result<Vec<Vec<u8>>, FrameError> {
         let mut dec = Decoder::new(framing, max);
         let mut buf = BytesMut::new();
         let mut frames = Vec::new();
@@ -232,11 +213,7 @@ mod tests {
             let stream = encoded(framing, &payloads);
             for read in 1..=stream.len() {
                 let frames = feed(framing, 1024, &stream, &[read]).unwrap();
-                assert_eq!(
-                    frames,
-                    payloads.map(<[u8]>::to_vec),
-                    "{framing:?} read={read}"
-                );
+                assert_eq!(frames, payloads.map(<[u8]>::to_vec), "{framing:?} read={read}");
             }
         }
     }
@@ -249,43 +226,21 @@ mod tests {
 
     #[test]
     fn unterminated_last_line_is_a_frame_but_a_partial_prefix_is_an_error() {
-        assert_eq!(
-            feed(Framing::Lines, 64, b"a\nbc", &[1]).unwrap(),
-            [b"a".to_vec(), b"bc".to_vec()]
-        );
-        assert_eq!(
-            feed(Framing::U16, 64, b"\x00\x05abc", &[8]),
-            Err(FrameError::Truncated(5))
-        );
+        assert_eq!(feed(Framing::Lines, 64, b"a\nbc", &[1]).unwrap(), [b"a".to_vec(), b"bc".to_vec()]);
+        assert_eq!(feed(Framing::U16, 64, b"\x00\x05abc", &[8]), Err(FrameError::Truncated(5)));
     }
 
     #[test]
     fn oversized_frames_are_refused_before_allocation() {
         let mut dec = Decoder::new(Framing::U32, 1000);
         let mut buf = BytesMut::from(&b"\xff\xff\xff\xff"[..]);
-        assert_eq!(
-            dec.decode(&mut buf),
-            Err(FrameError::TooLong {
-                len: u32::MAX as usize,
-                max: 1000
-            })
-        );
-        assert!(
-            buf.capacity() < 1000,
-            "reserved {} bytes for a refused frame",
-            buf.capacity()
-        );
+        assert_eq!(dec.decode(&mut buf), Err(FrameError::TooLong { len: u32::MAX as usize, max: 1000 }));
+        assert!(buf.capacity() < 1000, "reserved {} bytes for a refused frame", buf.capacity());
 
         let line = vec![b'x'; 11];
-        assert_eq!(
-            feed(Framing::Lines, 10, &line, &[3]),
-            Err(FrameError::TooLong { len: 11, max: 10 })
-        );
+        assert_eq!(feed(Framing::Lines, 10, &line, &[3]), Err(FrameError::TooLong { len: 11, max: 10 }));
         // Exactly the limit is fine.
-        assert_eq!(
-            feed(Framing::Lines, 10, b"0123456789\n", &[3]).unwrap(),
-            [b"0123456789".to_vec()]
-        );
+        assert_eq!(feed(Framing::Lines, 10, b"0123456789\n", &[3]).unwrap(), [b"0123456789".to_vec()]);
     }
 
     #[test]
@@ -298,10 +253,7 @@ mod tests {
 
     #[test]
     fn raw_passes_each_read_through() {
-        assert_eq!(
-            feed(Framing::Raw, 64, b"abcdef", &[4]).unwrap(),
-            [b"abcd".to_vec(), b"ef".to_vec()]
-        );
+        assert_eq!(feed(Framing::Raw, 64, b"abcdef", &[4]).unwrap(), [b"abcd".to_vec(), b"ef".to_vec()]);
     }
 
     #[test]
@@ -311,10 +263,7 @@ mod tests {
         assert_eq!(encoded(Framing::U32, &[b"hi"]), b"\x00\x00\x00\x02hi");
         assert_eq!(encoded(Framing::Raw, &[b"hi"]), b"hi");
         let big = vec![0; 70_000];
-        assert!(matches!(
-            encode(Framing::U16, &big, &mut Vec::new()),
-            Err(FrameError::ReplyTooLong { .. })
-        ));
+        assert!(matches!(encode(Framing::U16, &big, &mut Vec::new()), Err(FrameError::ReplyTooLong { .. })));
         for f in ALL {
             assert_eq!(encoded(f, &[b""]).len(), overhead(f));
         }
@@ -337,11 +286,7 @@ mod tests {
             let reads: Vec<usize> = (0..4).map(|_| (next() % 40) as usize + 1).collect();
             for framing in ALL {
                 if let Ok(frames) = feed(framing, 32, &stream, &reads) {
-                    assert!(
-                        frames
-                            .iter()
-                            .all(|f| f.len() <= 32 || framing == Framing::Raw)
-                    );
+                    assert!(frames.iter().all(|f| f.len() <= 32 || framing == Framing::Raw));
                 }
             }
         }

@@ -65,37 +65,20 @@ impl Server {
         })?;
         let ticker = EpochTicker::start(&engine)?;
         let loader = Arc::new(Loader::new(engine, config.cache_dir(), stats.clone())?);
-        let plugin = loader
-            .load(&config.plugin, &dispatch::call_limits(&config))
-            .await?;
+        let plugin = loader.load(&config.plugin, &dispatch::call_limits(&config)).await?;
         let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
         let mut bound = Vec::new();
         let workers = config.workers.unwrap_or_else(default_workers);
         for (transport, addr) in config.bind_list() {
             bound.push(listener::bind(transport, addr, workers)?);
         }
-        let reloader = Reloader::new(
-            config.plugin.clone(),
-            loader,
-            dispatcher.clone(),
-            stats.clone(),
-        );
-        Ok(Server {
-            config,
-            bound,
-            dispatcher,
-            reloader,
-            _ticker: ticker,
-            stats,
-        })
+        let reloader = Reloader::new(config.plugin.clone(), loader, dispatcher.clone(), stats.clone());
+        Ok(Server { config, bound, dispatcher, reloader, _ticker: ticker, stats })
     }
 
     /// The bound addresses, with any port 0 resolved.
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
-        self.bound
-            .iter()
-            .filter_map(|b| Some((b.transport(), b.local_addr().ok()?)))
-            .collect()
+        self.bound.iter().filter_map(|b| Some((b.transport(), b.local_addr().ok()?))).collect()
     }
 
     /// The counters.
@@ -114,14 +97,7 @@ impl Server {
     /// While serving, the plugin is reloaded when its file changes (unless
     /// `--no-watch`) and on SIGHUP, and SIGUSR1 logs the counters.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Snapshot> {
-        let Server {
-            config,
-            bound,
-            dispatcher,
-            reloader,
-            stats,
-            ..
-        } = self;
+        let Server { config, bound, dispatcher, reloader, stats, .. } = self;
         let token = CancellationToken::new();
         let reload_task = reloader.start(!config.no_watch, token.clone())?;
         let reload_task = tokio::spawn(reload_task);
@@ -149,20 +125,11 @@ impl Server {
             }
         }
         shutdown.await;
-        tracing::info!(
-            "shutting down: draining in-flight requests for up to {:?}",
-            config.drain_timeout
-        );
+        tracing::info!("shutting down: draining in-flight requests for up to {:?}", config.drain_timeout);
         token.cancel();
         tracker.close();
-        if tokio::time::timeout(config.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "drain timeout: {} tasks still running are abandoned",
-                tracker.len()
-            );
+        if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
+            tracing::warn!("drain timeout: {} tasks still running are abandoned", tracker.len());
         }
         let _ = tokio::join!(reload_task, stats_task);
         let snapshot = stats.snapshot();

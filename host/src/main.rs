@@ -13,20 +13,14 @@ fn main() -> ExitCode {
             // Clap's first paragraph names the bad flag or value (over one or
             // more lines); the usage block after it is noise in a one-line error.
             let msg = e.to_string();
-            let first: Vec<&str> = msg
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
+            let first: Vec<&str> = msg.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
             eprintln!("{} (see host --help)", first.join(" "));
             return ExitCode::from(2);
         }
         Err(e) => e.exit(), // --help, --version
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -70,24 +70,10 @@ pub(crate) struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
-        path: PathBuf,
-        loader: Arc<Loader>,
-        dispatcher: Arc<Dispatcher>,
-        stats: Arc<Stats>,
-    ) -> Self {
+    pub fn new(path: PathBuf, loader: Arc<Loader>, dispatcher: Arc<Dispatcher>, stats: Arc<Stats>) -> Self {
         let limits = *dispatcher.limits();
         let (tx, rx) = mpsc::unbounded_channel();
-        Self {
-            path,
-            loader,
-            dispatcher,
-            limits,
-            stats,
-            last_failure: None,
-            tx,
-            rx,
-        }
+        Self { path, loader, dispatcher, limits, stats, last_failure: None, tx, rx }
     }
 
     /// A handle that triggers reloads.
@@ -103,11 +89,7 @@ impl Reloader {
         shutdown: CancellationToken,
     ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
         let tx = self.tx.clone();
-        let watcher = if watch {
-            Some(watch_file(&self.path, tx.clone())?)
-        } else {
-            None
-        };
+        let watcher = if watch { Some(watch_file(&self.path, tx.clone())?) } else { None };
         let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let rx = std::mem::replace(&mut self.rx, mpsc::unbounded_channel().1);
         Ok(self.run(rx, tx, sighup, watcher, shutdown))
@@ -144,13 +126,7 @@ impl Reloader {
                 let mut trigger = first;
                 loop {
                     match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                        Ok(Some(t)) => {
-                            trigger = if t == Trigger::FileChanged {
-                                trigger
-                            } else {
-                                t
-                            }
-                        }
+                        Ok(Some(t)) => trigger = if t == Trigger::FileChanged { trigger } else { t },
                         Ok(None) => return,
                         Err(_) => break,
                     }
@@ -180,15 +156,10 @@ impl Reloader {
             return;
         }
         drop(current);
-        if self.last_failure.as_deref() == Some(digest.as_str()) && trigger == Trigger::FileChanged
-        {
+        if self.last_failure.as_deref() == Some(digest.as_str()) && trigger == Trigger::FileChanged {
             return;
         }
-        match self
-            .loader
-            .load_bytes(&self.path, bytes, &self.limits)
-            .await
-        {
+        match self.loader.load_bytes(&self.path, bytes, &self.limits).await {
             Ok(plugin) => {
                 let new = plugin.info().version.clone();
                 self.dispatcher.swap(plugin);
@@ -215,10 +186,7 @@ impl Reloader {
 /// Watch the directory of `path` (not the file itself: editors and `mv`
 /// replace the file, which would end a watch on it) and send a trigger for
 /// every event that names the file.
-fn watch_file(
-    path: &Path,
-    tx: mpsc::UnboundedSender<Trigger>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
+fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> anyhow::Result<notify::RecommendedWatcher> {
     use anyhow::Context as _;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -13,14 +13,7 @@ fn echo() -> String {
 
 #[test]
 fn echo_over_udp_and_tcp_on_v4_and_v6() {
-    let host = Host::start(&[
-        "--plugin",
-        &echo(),
-        "--listen",
-        "127.0.0.1:0",
-        "--listen",
-        "[::1]:0",
-    ]);
+    let host = Host::start(&["--plugin", &echo(), "--listen", "127.0.0.1:0", "--listen", "[::1]:0"]);
     assert_eq!(host.udp.len(), 2);
     assert_eq!(host.tcp.len(), 2);
     for addr in &host.udp {
@@ -34,37 +27,19 @@ fn echo_over_udp_and_tcp_on_v4_and_v6() {
 
 #[test]
 fn plugin_sees_transport_and_runs_for_every_request() {
-    let host = Host::start(&[
-        "--plugin",
-        &plugin("upper").display().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert_eq!(
-        udp_roundtrip(host.udp(), b"MiXeD case 123"),
-        b"MIXED CASE 123"
-    );
+    let host = Host::start(&["--plugin", &plugin("upper").display().to_string(), "--listen", "127.0.0.1:0"]);
+    assert_eq!(udp_roundtrip(host.udp(), b"MiXeD case 123"), b"MIXED CASE 123");
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"abc"), b"ABC\n");
     // `ok(none)`: no reply for an empty payload, and the connection stays open.
-    assert_eq!(
-        udp_exchange(host.udp(), b"", Duration::from_millis(300)),
-        None
-    );
+    assert_eq!(udp_exchange(host.udp(), b"", Duration::from_millis(300)), None);
     s.write_all(b"\nxyz\n").unwrap();
     assert_eq!(read_line(&mut s), b"XYZ\n");
 }
 
 #[test]
 fn udp_only_and_tcp_only_flags() {
-    let host = Host::start(&[
-        "--plugin",
-        &echo(),
-        "--udp",
-        "127.0.0.1:0",
-        "--tcp",
-        "[::1]:0",
-    ]);
+    let host = Host::start(&["--plugin", &echo(), "--udp", "127.0.0.1:0", "--tcp", "[::1]:0"]);
     assert_eq!(host.udp.len(), 1);
     assert_eq!(host.tcp.len(), 1);
     assert!(host.udp().is_ipv4());
@@ -98,19 +73,8 @@ fn frame(framing: &str, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn every_framing_split_and_coalesced() {
     for framing in ["lines", "u16", "u32"] {
-        let host = Host::start(&[
-            "--plugin",
-            &echo(),
-            "--tcp",
-            "127.0.0.1:0",
-            "--framing",
-            framing,
-        ]);
-        let binary: &[u8] = if framing == "lines" {
-            b"bin \x00\xff\xfe"
-        } else {
-            b"bin \x00\n\xff\r\n"
-        };
+        let host = Host::start(&["--plugin", &echo(), "--tcp", "127.0.0.1:0", "--framing", framing]);
+        let binary: &[u8] = if framing == "lines" { b"bin \x00\xff\xfe" } else { b"bin \x00\n\xff\r\n" };
         let payloads: [&[u8]; 4] = [b"first", b"", binary, &[b'z'; 5000]];
         let stream: Vec<u8> = payloads.iter().flat_map(|p| frame(framing, p)).collect();
 
@@ -136,14 +100,8 @@ fn every_framing_split_and_coalesced() {
 
 #[test]
 fn raw_framing_replies_to_each_read() {
-    let host = Host::start(&[
-        "--plugin",
-        &plugin("upper").display().to_string(),
-        "--tcp",
-        "127.0.0.1:0",
-        "--framing",
-        "raw",
-    ]);
+    let host =
+        Host::start(&["--plugin", &plugin("upper").display().to_string(), "--tcp", "127.0.0.1:0", "--framing", "raw"]);
     let mut s = tcp_connect(host.tcp());
     s.write_all(b"no newline needed").unwrap();
     assert_eq!(read_n(&mut s, 17), b"NO NEWLINE NEEDED");
@@ -157,14 +115,7 @@ fn empty_payloads() {
     assert_eq!(udp_roundtrip(host.udp(), b""), b"");
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b""), b"\n");
-    let host = Host::start(&[
-        "--plugin",
-        &echo(),
-        "--tcp",
-        "127.0.0.1:0",
-        "--framing",
-        "u16",
-    ]);
+    let host = Host::start(&["--plugin", &echo(), "--tcp", "127.0.0.1:0", "--framing", "u16"]);
     let mut s = tcp_connect(host.tcp());
     s.write_all(b"\x00\x00").unwrap();
     assert_eq!(read_n(&mut s, 2), b"\x00\x00");
@@ -198,10 +149,7 @@ fn fifty_connections_times_a_hundred_frames() {
                 } else {
                     for i in 0..100 {
                         let msg = format!("client {c} frame {i}");
-                        assert_eq!(
-                            line_roundtrip(&mut s, msg.as_bytes()),
-                            format!("{msg}\n").into_bytes()
-                        );
+                        assert_eq!(line_roundtrip(&mut s, msg.as_bytes()), format!("{msg}\n").into_bytes());
                     }
                 }
             })
@@ -229,51 +177,28 @@ fn fifty_connections_times_a_hundred_frames() {
 
 #[test]
 fn a_trap_costs_one_request_not_the_host() {
-    let host = Host::start(&[
-        "--plugin",
-        &plugin("hostile").display().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let host = Host::start(&["--plugin", &plugin("hostile").display().to_string(), "--listen", "127.0.0.1:0"]);
     // UDP: the trapping request gets no reply, the next one does.
-    assert_eq!(
-        udp_exchange(host.udp(), b"panic", Duration::from_millis(500)),
-        None
-    );
+    assert_eq!(udp_exchange(host.udp(), b"panic", Duration::from_millis(500)), None);
     assert_eq!(udp_roundtrip(host.udp(), b"fine"), b"fine");
     // TCP: the connection that trapped is closed, after earlier replies.
     let mut s = tcp_connect(host.tcp());
     s.write_all(b"before\npanic\nafter\n").unwrap();
     assert_eq!(read_line(&mut s), b"before\n");
-    assert!(
-        closed_within(&mut s, Duration::from_secs(5)),
-        "connection not closed after a trap"
-    );
+    assert!(closed_within(&mut s, Duration::from_secs(5)), "connection not closed after a trap");
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"next"), b"next\n");
-    assert!(
-        host.logs.wait_for("asked to panic", 2, REPLY_TIMEOUT) >= 2,
-        "guest panic message not logged"
-    );
+    assert!(host.logs.wait_for("asked to panic", 2, REPLY_TIMEOUT) >= 2, "guest panic message not logged");
     assert!(host.logs.count("request failed") >= 2);
 }
 
 #[test]
 fn plugin_errors_are_logged_and_the_connection_stays_open() {
-    let host = Host::start(&[
-        "--plugin",
-        &plugin("hostile").display().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let host = Host::start(&["--plugin", &plugin("hostile").display().to_string(), "--listen", "127.0.0.1:0"]);
     let mut s = tcp_connect(host.tcp());
     s.write_all(b"err\nok\n").unwrap();
     assert_eq!(read_line(&mut s), b"ok\n");
-    assert_eq!(
-        host.logs
-            .wait_for("plugin returned an error: refused", 1, REPLY_TIMEOUT),
-        1
-    );
+    assert_eq!(host.logs.wait_for("plugin returned an error: refused", 1, REPLY_TIMEOUT), 1);
     assert_eq!(line_roundtrip(&mut s, b"print"), b"printed\n");
     assert_eq!(host.logs.wait_for("hello from stdout", 1, REPLY_TIMEOUT), 1);
     assert_eq!(host.logs.wait_for("hello from stderr", 1, REPLY_TIMEOUT), 1);
@@ -286,16 +211,9 @@ fn assert_startup_error(args: &[&str], needles: &[&str]) {
     assert_eq!(code, Some(2), "exit code for {args:?}; stderr:\n{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "expected one error line, got:\n{stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
     for n in needles {
-        assert!(
-            errors[0].contains(n),
-            "{:?} does not mention {n:?}",
-            errors[0]
-        );
+        assert!(errors[0].contains(n), "{:?} does not mention {n:?}", errors[0]);
     }
 }
 
@@ -308,27 +226,18 @@ fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, String) {
 
 #[test]
 fn missing_plugin_file() {
-    assert_startup_error(
-        &["--plugin", "/nonexistent/p.wasm"],
-        &["/nonexistent/p.wasm", "No such file"],
-    );
+    assert_startup_error(&["--plugin", "/nonexistent/p.wasm"], &["/nonexistent/p.wasm", "No such file"]);
 }
 
 #[test]
 fn not_a_wasm_file() {
     let (_d, p) = temp_file("text.wasm", b"hello, I am text\n");
-    assert_startup_error(
-        &["--plugin", &p, "--listen", "127.0.0.1:0"],
-        &[&p, "not a WebAssembly file"],
-    );
+    assert_startup_error(&["--plugin", &p, "--listen", "127.0.0.1:0"], &[&p, "not a WebAssembly file"]);
 }
 
 #[test]
 fn core_module_instead_of_component() {
-    let (_d, p) = temp_file(
-        "core.wasm",
-        &wat::parse_str("(module (func (export \"handle\")))").unwrap(),
-    );
+    let (_d, p) = temp_file("core.wasm", &wat::parse_str("(module (func (export \"handle\")))").unwrap());
     assert_startup_error(
         &["--plugin", &p, "--listen", "127.0.0.1:0"],
         &[&p, "core WebAssembly module, not a component"],
@@ -340,11 +249,7 @@ fn component_without_handle() {
     let (_d, p) = temp_file("empty.wasm", &wat::parse_str("(component)").unwrap());
     assert_startup_error(
         &["--plugin", &p, "--listen", "127.0.0.1:0"],
-        &[
-            &p,
-            "does not implement the world sockets:plugin/handler@0.1.0",
-            "does not export `handle`",
-        ],
+        &[&p, "does not implement the world sockets:plugin/handler@0.1.0", "does not export `handle`"],
     );
 }
 
@@ -355,36 +260,24 @@ fn component_with_mistyped_handle() {
         (core instance $i (instantiate $m))
         (func (export "handle") (result u32) (canon lift (core func $i "f"))))"#;
     let (_d, p) = temp_file("wrong.wasm", &wat::parse_str(wat).unwrap());
-    assert_startup_error(
-        &["--plugin", &p, "--listen", "127.0.0.1:0"],
-        &[&p, "`handle` has the wrong type"],
-    );
+    assert_startup_error(&["--plugin", &p, "--listen", "127.0.0.1:0"], &[&p, "`handle` has the wrong type"]);
 }
 
 #[test]
 fn truncated_component() {
     let bytes = std::fs::read(plugin("echo")).unwrap();
     let (_d, p) = temp_file("cut.wasm", &bytes[..bytes.len() / 2]);
-    assert_startup_error(
-        &["--plugin", &p, "--listen", "127.0.0.1:0"],
-        &[&p, "invalid component"],
-    );
+    assert_startup_error(&["--plugin", &p, "--listen", "127.0.0.1:0"], &[&p, "invalid component"]);
 }
 
 #[test]
 fn address_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    assert_startup_error(
-        &["--plugin", &echo(), "--tcp", &addr],
-        &[&format!("tcp {addr}"), "in use"],
-    );
+    assert_startup_error(&["--plugin", &echo(), "--tcp", &addr], &[&format!("tcp {addr}"), "in use"]);
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    assert_startup_error(
-        &["--plugin", &echo(), "--udp", &addr],
-        &[&format!("udp {addr}"), "in use"],
-    );
+    assert_startup_error(&["--plugin", &echo(), "--udp", &addr], &[&format!("udp {addr}"), "in use"]);
 }
 
 #[test]
@@ -397,10 +290,7 @@ fn bad_flags() {
 
 #[test]
 fn help_documents_every_flag_with_its_default() {
-    let out = std::process::Command::new(host_bin())
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(host_bin()).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
@@ -420,12 +310,7 @@ fn help_documents_every_flag_with_its_default() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
-    for default in [
-        "127.0.0.1:7000",
-        "default: lines",
-        "default: 500ms",
-        "default: 128MiB",
-    ] {
+    for default in ["127.0.0.1:7000", "default: lines", "default: 500ms", "default: 128MiB"] {
         assert!(help.contains(default), "--help lacks {default}:\n{help}");
     }
 }

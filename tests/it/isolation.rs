@@ -28,19 +28,11 @@ fn start(extra: &[&str]) -> Host {
 /// good clients must see every reply. Returns the host for more checks.
 fn survives(host: &mut Host, payload: &[u8], wait: Duration) {
     let good = GoodTraffic::start(host);
-    assert_eq!(
-        udp_exchange(host.udp(), payload, wait),
-        None,
-        "UDP {:?} got a reply",
-        String::from_utf8_lossy(payload)
-    );
+    assert_eq!(udp_exchange(host.udp(), payload, wait), None, "UDP {:?} got a reply", String::from_utf8_lossy(payload));
     let mut s = tcp_connect(host.tcp());
     s.write_all(payload).unwrap();
     s.write_all(b"\n").unwrap();
-    assert!(
-        closed_within(&mut s, wait + Duration::from_secs(5)),
-        "TCP connection not closed"
-    );
+    assert!(closed_within(&mut s, wait + Duration::from_secs(5)), "TCP connection not closed");
     std::thread::sleep(Duration::from_millis(200));
     let answered = good.finish();
     assert!(answered > 0, "no good request was answered");
@@ -73,10 +65,7 @@ fn fuel_gives_a_deterministic_cpu_limit() {
     let mut host = start(&["--fuel", "5000000", "--timeout", "10s"]);
     let started = Instant::now();
     survives(&mut host, b"loop", Duration::from_secs(3));
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "fuel did not stop the loop before the timeout"
-    );
+    assert!(started.elapsed() < Duration::from_secs(8), "fuel did not stop the loop before the timeout");
     assert!(host.logs.count("ran out of fuel (--fuel)") >= 2);
 }
 
@@ -92,10 +81,7 @@ fn memory_bomb_traps_at_max_memory_and_rss_stays_bounded() {
     assert!(host.logs.count("memory") >= 1, "no memory-limit message");
     // Ten 32 MiB bombs ran; what stays resident is far less than one each.
     let after = host.rss_kib();
-    assert!(
-        after < before + 64 * 1024,
-        "RSS grew from {before} KiB to {after} KiB"
-    );
+    assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
 }
 
 #[test]
@@ -104,25 +90,16 @@ fn deep_recursion_is_a_clean_trap_never_a_crash() {
     // On the wasm stack: wasmtime's stack limit (--max-wasm-stack).
     survives(&mut host, b"deep", Duration::from_secs(2));
     assert!(
-        host.logs
-            .count("wasm trap: call stack exhausted (in hostile::deep")
-            >= 2,
+        host.logs.count("wasm trap: call stack exhausted (in hostile::deep") >= 2,
         "{}",
         host.logs.lines().join("\n")
     );
     // On the shadow stack Rust keeps in linear memory: it runs off the
     // bottom of memory, an out-of-bounds trap.
     survives(&mut host, b"recurse", Duration::from_secs(2));
-    assert!(
-        host.logs
-            .count("wasm trap: out of bounds memory access (in hostile::recurse")
-            >= 2
-    );
+    assert!(host.logs.count("wasm trap: out of bounds memory access (in hostile::recurse") >= 2);
     // One line per failure, not a backtrace per frame.
-    assert!(
-        host.logs.lines().iter().all(|l| l.len() < 1000),
-        "a log line is a backtrace"
-    );
+    assert!(host.logs.lines().iter().all(|l| l.len() < 1000), "a log line is a backtrace");
 }
 
 #[test]
@@ -142,26 +119,16 @@ fn oversized_replies_are_not_sent_nor_copied() {
         survives(&mut host, b"big:20000000", Duration::from_secs(2));
     }
     let after = host.rss_kib();
-    assert!(
-        after < before + 16 * 1024,
-        "RSS grew from {before} KiB to {after} KiB"
-    );
+    assert!(after < before + 16 * 1024, "RSS grew from {before} KiB to {after} KiB");
     assert_eq!(host.stats()["replies_dropped"], 6);
-    assert!(
-        host.logs
-            .count("reply of 20000000 bytes not sent: over the limit of 1000 bytes (--max-reply)")
-            >= 2
-    );
+    assert!(host.logs.count("reply of 20000000 bytes not sent: over the limit of 1000 bytes (--max-reply)") >= 2);
 }
 
 #[test]
 fn udp_replies_never_exceed_a_datagram() {
     let host = start(&["--max-reply", "10MiB", "--max-amplification", "0"]);
     assert_eq!(udp_roundtrip(host.udp(), b"big:65507").len(), 65_507);
-    assert_eq!(
-        udp_exchange(host.udp(), b"big:65508", Duration::from_millis(500)),
-        None
-    );
+    assert_eq!(udp_exchange(host.udp(), b"big:65508", Duration::from_millis(500)), None);
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"big:100000").len(), 100_001);
 }
@@ -175,18 +142,9 @@ fn state_never_leaks_between_requests_by_default() {
     // With reuse, the same instance serves several requests: its global
     // counter goes up (this is the isolation trade-off of --instance-reuse).
     let host = start(&["--instance-reuse", "100", "--workers", "1"]);
-    let counts: Vec<u64> = (0..5)
-        .map(|_| {
-            String::from_utf8(udp_roundtrip(host.udp(), b"count"))
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    assert!(
-        counts.iter().max().unwrap() > &1,
-        "reuse mode never reused an instance: {counts:?}"
-    );
+    let counts: Vec<u64> =
+        (0..5).map(|_| String::from_utf8(udp_roundtrip(host.udp(), b"count")).unwrap().parse().unwrap()).collect();
+    assert!(counts.iter().max().unwrap() > &1, "reuse mode never reused an instance: {counts:?}");
 }
 
 #[test]
@@ -195,10 +153,7 @@ fn reused_instances_are_dropped_after_a_trap() {
     for _ in 0..3 {
         udp_roundtrip(host.udp(), b"count");
     }
-    assert_eq!(
-        udp_exchange(host.udp(), b"panic", Duration::from_millis(500)),
-        None
-    );
+    assert_eq!(udp_exchange(host.udp(), b"panic", Duration::from_millis(500)), None);
     // Whatever instance serves next, it is not the one that trapped, and it
     // still works.
     assert_eq!(udp_roundtrip(host.udp(), b"ok"), b"ok");
@@ -210,14 +165,8 @@ fn reused_instances_are_dropped_after_a_trap() {
 fn oversized_and_empty_datagrams() {
     let host = start(&["--max-request", "1000", "--max-amplification", "0"]);
     let good = GoodTraffic::start(&host);
-    assert_eq!(
-        udp_exchange(host.udp(), &[b'a'; 1001], Duration::from_millis(500)),
-        None
-    );
-    assert_eq!(
-        udp_exchange(host.udp(), &[b'a'; 65_507], Duration::from_millis(500)),
-        None
-    );
+    assert_eq!(udp_exchange(host.udp(), &[b'a'; 1001], Duration::from_millis(500)), None);
+    assert_eq!(udp_exchange(host.udp(), &[b'a'; 65_507], Duration::from_millis(500)), None);
     assert_eq!(udp_roundtrip(host.udp(), &[b'a'; 1000]), [b'a'; 1000]);
     assert_eq!(udp_roundtrip(host.udp(), b""), b"");
     good.finish();
@@ -239,21 +188,11 @@ fn a_giant_length_prefix_closes_the_connection_before_allocating() {
         conns.push(s);
     }
     for s in &mut conns {
-        assert!(
-            closed_within(s, Duration::from_secs(5)),
-            "connection with a 4 GB prefix left open"
-        );
+        assert!(closed_within(s, Duration::from_secs(5)), "connection with a 4 GB prefix left open");
     }
     let after = host.rss_kib();
-    assert!(
-        after < before + 16 * 1024,
-        "RSS grew from {before} KiB to {after} KiB"
-    );
-    assert!(
-        host.logs
-            .wait_for("exceeds the limit of 65536 bytes", 50, REPLY_TIMEOUT)
-            >= 50
-    );
+    assert!(after < before + 16 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert!(host.logs.wait_for("exceeds the limit of 65536 bytes", 50, REPLY_TIMEOUT) >= 50);
     let mut s = tcp_connect(host.tcp());
     s.write_all(b"\x00\x00\x00\x02hi").unwrap();
     assert_eq!(read_n(&mut s, 6), b"\x00\x00\x00\x02hi");
@@ -288,10 +227,7 @@ fn slowloris_is_closed_after_the_idle_timeout() {
     });
     assert!(closed_within(&mut half, Duration::from_secs(5)));
     let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(400),
-        "closed after only {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(400), "closed after only {elapsed:?}");
     assert!(trickled.join().unwrap(), "trickling connection not closed");
     // Busy connections are not idle: the good client ran for longer than the
     // idle timeout on one connection.
@@ -308,13 +244,9 @@ fn connections_over_the_limit_wait_until_one_closes() {
     // The third connection is queued by the kernel, not served.
     let mut c = tcp_connect(host.tcp());
     c.write_all(b"c\n").unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut buf = [0u8; 8];
-    assert!(
-        c.read(&mut buf).is_err(),
-        "third connection served over --max-connections 2"
-    );
+    assert!(c.read(&mut buf).is_err(), "third connection served over --max-connections 2");
     drop(a);
     c.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     assert_eq!(read_line(&mut c), b"c\n");
@@ -324,38 +256,18 @@ fn connections_over_the_limit_wait_until_one_closes() {
 fn accept_keeps_working_through_emfile() {
     // The host gets 48 file descriptors; clients open 80 connections.
     let plugin = hostile();
-    let mut host = Host::start_with(
-        &[
-            "--plugin",
-            &plugin,
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ],
-        &[],
-        |cmd| {
-            use std::os::unix::process::CommandExt as _;
-            // SAFETY: only async-signal-safe setrlimit between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::resource::setrlimit(
-                        nix::sys::resource::Resource::RLIMIT_NOFILE,
-                        48,
-                        48,
-                    )
+    let mut host = Host::start_with(&["--plugin", &plugin, "--listen", "127.0.0.1:0", "--workers", "1"], &[], |cmd| {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: only async-signal-safe setrlimit between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 48, 48)
                     .map_err(std::io::Error::from)
-                });
-            }
-        },
-    );
-    let mut conns: Vec<TcpStream> = (0..80)
-        .map(|_| TcpStream::connect(host.tcp()).unwrap())
-        .collect();
-    assert!(
-        host.logs.wait_for("accept failed", 1, REPLY_TIMEOUT) >= 1,
-        "never ran out of descriptors"
-    );
+            });
+        }
+    });
+    let mut conns: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(host.tcp()).unwrap()).collect();
+    assert!(host.logs.wait_for("accept failed", 1, REPLY_TIMEOUT) >= 1, "never ran out of descriptors");
     assert!(host.is_running());
     // Free descriptors: the queued connections are accepted and served.
     conns.truncate(10);
@@ -368,10 +280,7 @@ fn accept_keeps_working_through_emfile() {
 fn udp_amplification_is_capped() {
     let host = start(&[]);
     // 7-byte request, 100-byte reply: over 3x, not sent.
-    assert_eq!(
-        udp_exchange(host.udp(), b"big:100", Duration::from_millis(500)),
-        None
-    );
+    assert_eq!(udp_exchange(host.udp(), b"big:100", Duration::from_millis(500)), None);
     assert_eq!(udp_roundtrip(host.udp(), b"big:18").len(), 18);
     // TCP peers completed a handshake: no cap.
     let mut s = tcp_connect(host.tcp());
@@ -385,8 +294,7 @@ fn udp_amplification_is_capped() {
 fn sigterm_drains_requests_in_flight_then_exits_0() {
     let mut host = start(&["--timeout", "5s", "--drain-timeout", "5s"]);
     let (udp, tcp) = (host.udp(), host.tcp());
-    let udp_client =
-        std::thread::spawn(move || udp_exchange(udp, b"sleep:1000", Duration::from_secs(5)));
+    let udp_client = std::thread::spawn(move || udp_exchange(udp, b"sleep:1000", Duration::from_secs(5)));
     let tcp_client = std::thread::spawn(move || {
         let mut s = tcp_connect(tcp);
         line_roundtrip(&mut s, b"sleep:1000")
@@ -395,9 +303,7 @@ fn sigterm_drains_requests_in_flight_then_exits_0() {
     host.sigterm();
     assert_eq!(udp_client.join().unwrap().as_deref(), Some(&b"slept"[..]));
     assert_eq!(tcp_client.join().unwrap(), b"slept\n");
-    let status = host
-        .wait(Duration::from_secs(10))
-        .expect("host did not exit after SIGTERM");
+    let status = host.wait(Duration::from_secs(10)).expect("host did not exit after SIGTERM");
     assert_eq!(status.code(), Some(0));
     // New connections are refused once draining started.
     assert!(TcpStream::connect(tcp).is_err());
@@ -407,14 +313,11 @@ fn sigterm_drains_requests_in_flight_then_exits_0() {
 fn drain_timeout_bounds_the_shutdown() {
     let mut host = start(&["--timeout", "30s", "--drain-timeout", "300ms"]);
     let udp = host.udp();
-    let _client =
-        std::thread::spawn(move || udp_exchange(udp, b"sleep:20000", Duration::from_secs(25)));
+    let _client = std::thread::spawn(move || udp_exchange(udp, b"sleep:20000", Duration::from_secs(25)));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     host.sigterm();
-    let status = host
-        .wait(Duration::from_secs(10))
-        .expect("host did not exit");
+    let status = host.wait(Duration::from_secs(10)).expect("host did not exit");
     assert_eq!(status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(5));
 }

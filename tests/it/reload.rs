@@ -127,7 +127,11 @@ fn twenty_swaps_under_load_lose_nothing() {
         let bytes = if to_upper { &upper } else { &echo };
         // Half the swaps rename a new file over the old, half rewrite it in
         // place (the reload must not act on the partial file).
-        if swap % 4 < 2 { file.replace(bytes) } else { file.overwrite(bytes) }
+        if swap % 4 < 2 {
+            file.replace(bytes)
+        } else {
+            file.overwrite(bytes)
+        }
         assert!(
             eventually(SWAP_SEEN_WITHIN, || serves_upper(udp) == to_upper),
             "swap {swap} not seen within {SWAP_SEEN_WITHIN:?}"

@@ -16,20 +16,13 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A built plugin, `target/plugins/NAME.wasm`. Panics with the fix if missing.
 pub fn plugin(name: &str) -> PathBuf {
     let path = root().join("target/plugins").join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-plugins.sh first",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run scripts/build-plugins.sh first", path.display());
     path
 }
 
@@ -48,13 +41,7 @@ impl Logs {
     }
 
     pub fn count(&self, needle: &str) -> usize {
-        self.0
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.0.0.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 
     /// Wait until `count(needle) >= n`; returns the final count.
@@ -104,10 +91,7 @@ impl Host {
         env: &[(&str, &str)],
         configure: impl FnOnce(&mut Command),
     ) -> Host {
-        let strs: Vec<String> = args
-            .iter()
-            .map(|a| a.as_ref().to_string_lossy().into_owned())
-            .collect();
+        let strs: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
         let expected = strs
             .iter()
             .map(|a| match a.as_str() {
@@ -119,10 +103,7 @@ impl Host {
         // No address flag: the default address, served over UDP and TCP.
         let expected = if expected == 0 { 2 } else { expected };
         let mut cmd = Command::new(host_bin());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         cmd.env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
@@ -157,18 +138,9 @@ impl Host {
                 continue;
             };
             let addr: SocketAddr = a.parse().unwrap();
-            if t == "udp" {
-                udp.push(addr)
-            } else {
-                tcp.push(addr)
-            }
+            if t == "udp" { udp.push(addr) } else { tcp.push(addr) }
         }
-        Host {
-            child,
-            udp,
-            tcp,
-            logs,
-        }
+        Host { child, udp, tcp, logs }
     }
 
     /// Send SIGTERM.
@@ -218,34 +190,19 @@ fn libc_sigterm() -> i32 {
 }
 
 fn signal(child: &Child, sig: i32) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
 }
 
 /// Run `host` to completion (for startup errors): (exit code, stderr).
 pub fn run_host<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
-    let out = Command::new(host_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run host");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(host_bin()).args(args).stdin(Stdio::null()).output().expect("run host");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// A UDP socket bound to loopback of the same family as `to`.
 pub fn udp_client(to: SocketAddr) -> UdpSocket {
-    let bind = if to.is_ipv4() {
-        "127.0.0.1:0"
-    } else {
-        "[::1]:0"
-    };
+    let bind = if to.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
     let s = UdpSocket::bind(bind).unwrap();
     s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     s.connect(to).unwrap();
@@ -280,8 +237,7 @@ pub fn tcp_connect(to: SocketAddr) -> TcpStream {
 /// Read exactly `n` bytes.
 pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    s.read_exact(&mut buf)
-        .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+    s.read_exact(&mut buf).unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
     buf
 }
 
@@ -298,20 +254,14 @@ pub fn read_line(s: &mut TcpStream) -> Vec<u8> {
     let mut byte = [0u8; 1];
     loop {
         match s.read(&mut byte) {
-            Ok(0) => panic!(
-                "connection closed after {:?}",
-                String::from_utf8_lossy(&out)
-            ),
+            Ok(0) => panic!("connection closed after {:?}", String::from_utf8_lossy(&out)),
             Ok(_) => {
                 out.push(byte[0]);
                 if byte[0] == b'\n' {
                     return out;
                 }
             }
-            Err(e) => panic!(
-                "reading a line: {e} (got {:?})",
-                String::from_utf8_lossy(&out)
-            ),
+            Err(e) => panic!("reading a line: {e} (got {:?})", String::from_utf8_lossy(&out)),
         }
     }
 }
@@ -340,19 +290,8 @@ impl Host {
     pub fn stats(&self) -> std::collections::HashMap<String, u64> {
         let before = self.logs.count("stats requests=");
         self.signal(10); // SIGUSR1
-        assert!(
-            self.logs
-                .wait_for("stats requests=", before + 1, REPLY_TIMEOUT)
-                > before,
-            "no stats line"
-        );
-        let line = self
-            .logs
-            .lines()
-            .into_iter()
-            .rev()
-            .find(|l| l.contains("stats requests="))
-            .unwrap();
+        assert!(self.logs.wait_for("stats requests=", before + 1, REPLY_TIMEOUT) > before, "no stats line");
+        let line = self.logs.lines().into_iter().rev().find(|l| l.contains("stats requests=")).unwrap();
         parse_stats(&line)
     }
 
@@ -392,11 +331,7 @@ impl GoodTraffic {
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let msg = format!("good udp {n}");
-                    assert_eq!(
-                        udp_roundtrip(addr, msg.as_bytes()),
-                        msg.as_bytes(),
-                        "good UDP request {n}"
-                    );
+                    assert_eq!(udp_roundtrip(addr, msg.as_bytes()), msg.as_bytes(), "good UDP request {n}");
                     n += 1;
                 }
                 n
@@ -426,9 +361,6 @@ impl GoodTraffic {
     /// panics if any client saw a wrong or missing reply.
     pub fn finish(self) -> u64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.threads
-            .into_iter()
-            .map(|t| t.join().expect("a good client failed"))
-            .sum()
+        self.threads.into_iter().map(|t| t.join().expect("a good client failed")).sum()
     }
 }

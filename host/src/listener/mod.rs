@@ -54,11 +54,7 @@ impl Bound {
 
 /// Bind `addr` for `transport`; UDP gets `udp_sockets` sockets on the same
 /// address. Must run inside the tokio runtime.
-pub(crate) fn bind(
-    transport: Transport,
-    addr: SocketAddr,
-    udp_sockets: usize,
-) -> anyhow::Result<Bound> {
+pub(crate) fn bind(transport: Transport, addr: SocketAddr, udp_sockets: usize) -> anyhow::Result<Bound> {
     let bound = match transport {
         Transport::Udp => bind_udp(addr, udp_sockets.max(1)).map(Bound::Udp),
         Transport::Tcp => bind_tcp(addr).map(Bound::Tcp),

@@ -39,10 +39,7 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let slots = Arc::new(Semaphore::new(shared.max_connections));
     loop {
         // Over --max-connections, stop accepting: new peers wait in the
@@ -100,10 +97,7 @@ async fn connection(
     let mut out = Vec::new();
     let mut deadline = Instant::now() + shared.idle_timeout;
     let closed_by_host = |e: ConnError| {
-        if matches!(
-            e,
-            ConnError::Frame(_) | ConnError::Idle(_) | ConnError::RequestFailed
-        ) {
+        if matches!(e, ConnError::Frame(_) | ConnError::Idle(_) | ConnError::RequestFailed) {
             Stats::incr(&shared.dispatcher.stats().connections_closed_by_host);
             tracing::info!(%peer, local, "closing connection: {e}");
         }
@@ -135,26 +129,16 @@ async fn connection(
         };
         let raw = decoder.framing() == Framing::Raw;
         loop {
-            let frame = if eof {
-                decoder.decode_eof(&mut buf)
-            } else {
-                decoder.decode(&mut buf)
-            };
+            let frame = if eof { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
             let frame = match frame.map_err(|e| closed_by_host(e.into()))? {
                 Some(f) => f,
                 None => break,
             };
             deadline = Instant::now() + shared.idle_timeout;
-            let req = Request {
-                transport: Transport::Tcp,
-                peer: &peer_text,
-                local: &local,
-                payload: &frame,
-            };
+            let req = Request { transport: Transport::Tcp, peer: &peer_text, local: &local, payload: &frame };
             match shared.dispatcher.dispatch(req).await {
                 Outcome::Reply(reply) => {
-                    framing::encode(decoder.framing(), &reply, &mut out)
-                        .map_err(|e| closed_by_host(e.into()))?;
+                    framing::encode(decoder.framing(), &reply, &mut out).map_err(|e| closed_by_host(e.into()))?;
                     Stats::incr(&shared.dispatcher.stats().replies);
                 }
                 Outcome::NoReply => {}

@@ -17,9 +17,7 @@ use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use nix::sys::socket::{
-    MsgFlags, MultiHeaders, SockaddrLike as _, SockaddrStorage, recvmmsg, sendmmsg,
-};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike as _, SockaddrStorage, recvmmsg, sendmmsg};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -40,20 +38,12 @@ const LOOPS_PER_SOCKET: usize = 2;
 const MAX_DATAGRAM: usize = 65_536;
 
 /// Serve `sockets` (one address) until `shutdown` is cancelled.
-pub(crate) async fn serve(
-    sockets: Vec<UdpSocket>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn serve(sockets: Vec<UdpSocket>, shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     for socket in sockets {
         let socket = Arc::new(socket);
         for _ in 0..LOOPS_PER_SOCKET {
-            tasks.spawn(receive_loop(
-                socket.clone(),
-                shared.clone(),
-                shutdown.clone(),
-            ));
+            tasks.spawn(receive_loop(socket.clone(), shared.clone(), shutdown.clone()));
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -69,21 +59,12 @@ struct Slot {
 }
 
 async fn receive_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let local = socket
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let max = shared.max_request;
     // One more byte than accepted: a datagram that fills it was too long.
     let size = max.saturating_add(1).min(MAX_DATAGRAM);
-    let mut slots: Vec<Slot> = (0..BATCH)
-        .map(|_| Slot {
-            buf: vec![0; size],
-            len: 0,
-            peer: None,
-            peer_text: String::new(),
-        })
-        .collect();
+    let mut slots: Vec<Slot> =
+        (0..BATCH).map(|_| Slot { buf: vec![0; size], len: 0, peer: None, peer_text: String::new() }).collect();
     let stats = shared.dispatcher.stats();
     loop {
         let received = tokio::select! {
@@ -144,51 +125,28 @@ fn collect((peer, outcome): (SocketAddr, Outcome), replies: &mut Vec<(SocketAddr
 fn recv_batch(socket: &UdpSocket, slots: &mut [Slot]) -> io::Result<usize> {
     let results: Vec<(usize, Option<SockaddrStorage>, bool)> = {
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots.len(), None);
-        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = slots
-            .iter_mut()
-            .map(|s| [IoSliceMut::new(&mut s.buf)])
-            .collect();
-        recvmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            iovs.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )?
-        .map(|m| (m.bytes, m.address, m.flags.contains(MsgFlags::MSG_TRUNC)))
-        .collect()
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = slots.iter_mut().map(|s| [IoSliceMut::new(&mut s.buf)]).collect();
+        recvmmsg(socket.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?
+            .map(|m| (m.bytes, m.address, m.flags.contains(MsgFlags::MSG_TRUNC)))
+            .collect()
     };
     for (slot, (bytes, address, truncated)) in slots.iter_mut().zip(&results) {
         // A truncated datagram was longer than the buffer: report it as
         // such so that it is dropped, never served cut short.
-        slot.len = if *truncated {
-            slot.buf.len() + 1
-        } else {
-            *bytes
-        };
+        slot.len = if *truncated { slot.buf.len() + 1 } else { *bytes };
         slot.peer = address.as_ref().and_then(to_std);
     }
     Ok(results.len())
 }
 
 /// Send `replies` with as few `sendmmsg` calls as the socket allows.
-async fn send_all(
-    socket: &UdpSocket,
-    replies: &[(SocketAddr, Vec<u8>)],
-    local: &str,
-    stats: &Stats,
-) {
+async fn send_all(socket: &UdpSocket, replies: &[(SocketAddr, Vec<u8>)], local: &str, stats: &Stats) {
     let mut rest = replies;
     while !rest.is_empty() {
         let chunk = &rest[..rest.len().min(BATCH)];
-        match socket
-            .async_io(Interest::WRITABLE, || send_batch(socket, chunk))
-            .await
-        {
+        match socket.async_io(Interest::WRITABLE, || send_batch(socket, chunk)).await {
             Ok(sent) => {
-                stats
-                    .replies
-                    .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
+                stats.replies.fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
                 rest = &rest[sent.max(1).min(rest.len())..];
             }
             Err(e) => {
@@ -204,19 +162,8 @@ async fn send_all(
 fn send_batch(socket: &UdpSocket, replies: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), None);
     let iovs: Vec<[IoSlice<'_>; 1]> = replies.iter().map(|(_, r)| [IoSlice::new(r)]).collect();
-    let addrs: Vec<Option<SockaddrStorage>> = replies
-        .iter()
-        .map(|(a, _)| Some(SockaddrStorage::from(*a)))
-        .collect();
-    let sent = sendmmsg(
-        socket.as_raw_fd(),
-        &mut headers,
-        &iovs,
-        addrs,
-        [],
-        MsgFlags::MSG_DONTWAIT,
-    )?
-    .count();
+    let addrs: Vec<Option<SockaddrStorage>> = replies.iter().map(|(a, _)| Some(SockaddrStorage::from(*a))).collect();
+    let sent = sendmmsg(socket.as_raw_fd(), &mut headers, &iovs, addrs, [], MsgFlags::MSG_DONTWAIT)?.count();
     Ok(sent)
 }
 

@@ -17,9 +17,7 @@ mod generated {
     });
 }
 
-pub use generated::sockets::plugin::log::{
-    Host as LogHost, Level, add_to_linker as add_log_to_linker,
-};
+pub use generated::sockets::plugin::log::{Host as LogHost, Level, add_to_linker as add_log_to_linker};
 
 /// `sockets:plugin/types.transport`.
 #[derive(ComponentType, Lower, Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,9 +121,7 @@ fn pair_from_flat(src: &[wasmtime::ValRaw; 2]) -> (usize, usize) {
 
 /// The same pair, read from linear memory.
 fn pair_from_memory(bytes: &[u8]) -> (usize, usize) {
-    let word = |i: usize| {
-        u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
-    };
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
     (word(0), word(4))
 }
 
@@ -151,21 +147,13 @@ unsafe impl ComponentType for Reply {
 
 // SAFETY: reads exactly what `WasmList<u8>` reads, after it has checked it.
 unsafe impl Lift for Reply {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> wasmtime::Result<Self> {
+    fn linear_lift_from_flat(cx: &mut LiftContext<'_>, ty: InterfaceType, src: &Self::Lower) -> wasmtime::Result<Self> {
         <WasmList<u8> as Lift>::linear_lift_from_flat(cx, ty, src)?;
         let (ptr, len) = pair_from_flat(src);
         Ok(Reply::lift(cx, ptr, len))
     }
 
-    fn linear_lift_from_memory(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        bytes: &[u8],
-    ) -> wasmtime::Result<Self> {
+    fn linear_lift_from_memory(cx: &mut LiftContext<'_>, ty: InterfaceType, bytes: &[u8]) -> wasmtime::Result<Self> {
         <WasmList<u8> as Lift>::linear_lift_from_memory(cx, ty, bytes)?;
         let (ptr, len) = pair_from_memory(bytes);
         Ok(Reply::lift(cx, ptr, len))
@@ -202,27 +190,15 @@ unsafe impl ComponentType for ErrorText {
 
 // SAFETY: delegates every read to `WasmStr` / `String`.
 unsafe impl Lift for ErrorText {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> wasmtime::Result<Self> {
+    fn linear_lift_from_flat(cx: &mut LiftContext<'_>, ty: InterfaceType, src: &Self::Lower) -> wasmtime::Result<Self> {
         <WasmStr as Lift>::linear_lift_from_flat(cx, ty, src)?;
         let (_, len) = pair_from_flat(src);
-        ErrorText::lift(cx, len, |cx| {
-            <String as Lift>::linear_lift_from_flat(cx, ty, src)
-        })
+        ErrorText::lift(cx, len, |cx| <String as Lift>::linear_lift_from_flat(cx, ty, src))
     }
 
-    fn linear_lift_from_memory(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        bytes: &[u8],
-    ) -> wasmtime::Result<Self> {
+    fn linear_lift_from_memory(cx: &mut LiftContext<'_>, ty: InterfaceType, bytes: &[u8]) -> wasmtime::Result<Self> {
         <WasmStr as Lift>::linear_lift_from_memory(cx, ty, bytes)?;
         let (_, len) = pair_from_memory(bytes);
-        ErrorText::lift(cx, len, |cx| {
-            <String as Lift>::linear_lift_from_memory(cx, ty, bytes)
-        })
+        ErrorText::lift(cx, len, |cx| <String as Lift>::linear_lift_from_memory(cx, ty, bytes))
     }
 }

@@ -51,11 +51,7 @@ impl CompileCache {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         match std::fs::metadata(&self.dir) {
             // SAFETY: geteuid has no preconditions.
-            Ok(m) => {
-                m.is_dir()
-                    && m.permissions().mode() & 0o022 == 0
-                    && m.uid() == unsafe { libc::geteuid() }
-            }
+            Ok(m) => m.is_dir() && m.permissions().mode() & 0o022 == 0 && m.uid() == unsafe { libc::geteuid() },
             Err(_) => false,
         }
     }
@@ -80,15 +76,8 @@ impl CompileCache {
     pub(crate) fn put(&self, engine: &Engine, digest: &str, component: &Component) {
         let result = (|| -> anyhow::Result<()> {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.dir)?;
-            anyhow::ensure!(
-                self.safe_dir(),
-                "{} is writable by other users",
-                self.dir.display()
-            );
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+            anyhow::ensure!(self.safe_dir(), "{} is writable by other users", self.dir.display());
             let bytes = component.serialize()?;
             let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
             tmp.write_all(&bytes)?;

@@ -105,8 +105,7 @@ pub fn new_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
         .async_stack_size(ASYNC_STACK)
         // Compilation uses all cores; it runs off the request path.
         .parallel_compilation(true);
-    Engine::new(&config)
-        .map_err(|e| anyhow::Error::from(e).context("cannot configure the WebAssembly engine"))
+    Engine::new(&config).map_err(|e| anyhow::Error::from(e).context("cannot configure the WebAssembly engine"))
 }
 
 /// The single thread that advances the engine's epoch every [`EPOCH_TICK`].
@@ -135,10 +134,7 @@ impl EpochTicker {
                 }
             })
             .context("cannot start the epoch ticker thread")?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Self { stop, thread: Some(thread) })
     }
 }
 

@@ -85,21 +85,12 @@ pub struct Loader {
 
 impl Loader {
     /// A loader whose linker offers WASI (no ambient authority) and `log`.
-    pub fn new(
-        engine: Engine,
-        cache_dir: Option<PathBuf>,
-        stats: Arc<Stats>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(engine: Engine, cache_dir: Option<PathBuf>, stats: Arc<Stats>) -> anyhow::Result<Self> {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::add_log_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let cache = cache_dir.map(CompileCache::new);
-        Ok(Self {
-            engine,
-            linker,
-            cache,
-            stats,
-        })
+        Ok(Self { engine, linker, cache, stats })
     }
 
     /// The engine plugins are compiled for.
@@ -109,22 +100,12 @@ impl Loader {
 
     /// Load `path`: read, compile off the async threads, link, and validate.
     pub async fn load(&self, path: &Path, limits: &CallLimits) -> Result<Plugin, LoadError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|cause| LoadError::Read {
-                path: path.into(),
-                cause,
-            })?;
+        let bytes = tokio::fs::read(path).await.map_err(|cause| LoadError::Read { path: path.into(), cause })?;
         self.load_bytes(path, bytes, limits).await
     }
 
     /// Load a plugin whose bytes were already read from `path`.
-    pub async fn load_bytes(
-        &self,
-        path: &Path,
-        bytes: Vec<u8>,
-        limits: &CallLimits,
-    ) -> Result<Plugin, LoadError> {
+    pub async fn load_bytes(&self, path: &Path, bytes: Vec<u8>, limits: &CallLimits) -> Result<Plugin, LoadError> {
         let p = || path.to_path_buf();
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
@@ -136,10 +117,7 @@ impl Loader {
         let started = std::time::Instant::now();
         let digest = sha256_hex(&bytes);
         let info = Arc::new(PluginInfo {
-            name: path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             version: digest[..12].to_string(),
             sha256: digest.clone(),
             path: p(),
@@ -149,54 +127,29 @@ impl Loader {
         // never on the threads that serve requests.
         let engine = self.engine.clone();
         let cache = self.cache.clone();
-        let (component, hit) =
-            tokio::task::spawn_blocking(move || compile(&engine, cache.as_ref(), &bytes, &digest))
-                .await
-                .map_err(|e| LoadError::Compile {
-                    path: p(),
-                    message: e.to_string(),
-                })?
-                .map_err(|e| LoadError::Compile {
-                    path: p(),
-                    message: one_line(&e),
-                })?;
-        Stats::incr(if hit {
-            &self.stats.cache_hits
-        } else {
-            &self.stats.cache_misses
-        });
+        let (component, hit) = tokio::task::spawn_blocking(move || compile(&engine, cache.as_ref(), &bytes, &digest))
+            .await
+            .map_err(|e| LoadError::Compile { path: p(), message: e.to_string() })?
+            .map_err(|e| LoadError::Compile { path: p(), message: one_line(&e) })?;
+        Stats::incr(if hit { &self.stats.cache_hits } else { &self.stats.cache_misses });
 
-        let handle =
-            component
-                .get_export_index(None, "handle")
-                .ok_or_else(|| LoadError::World {
-                    path: p(),
-                    message: "it does not export `handle`".into(),
-                })?;
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link {
-                path: p(),
-                message: one_line(&e),
-            })?;
+            .map_err(|e| LoadError::Link { path: p(), message: one_line(&e) })?;
+        let handle = component
+            .get_export_index(None, "handle")
+            .ok_or_else(|| LoadError::World { path: p(), message: "it does not export `handle`".into() })?;
         let plugin = Plugin { info, pre, handle };
 
         // Validate: instantiate once and check the type of `handle`.
         let instance = plugin
             .instantiate(limits)
             .await
-            .map_err(|e| LoadError::Instantiate {
-                path: p(),
-                message: e.to_string(),
-            })?;
-        instance
-            .handle
-            .typed::<bindings::HandleParams<'_>, bindings::HandleResult>(&instance.store)
-            .map_err(|e| LoadError::World {
-                path: p(),
-                message: format!("`handle` has the wrong type: {}", one_line(&e)),
-            })?;
+            .map_err(|e| LoadError::Instantiate { path: p(), message: e.to_string() })?;
+        instance.handle.typed::<bindings::HandleParams<'_>, bindings::HandleResult>(&instance.store).map_err(|e| {
+            LoadError::World { path: p(), message: format!("`handle` has the wrong type: {}", one_line(&e)) }
+        })?;
         drop(instance);
         tracing::info!(
             "loaded plugin {} version {} from {} in {:.1?} (compile cache {})",
@@ -233,19 +186,13 @@ fn compile(
 /// The sha256 of `bytes` in lower-case hex: a plugin version's identity.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// An error and its causes on one line.
 pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
-    format!("{e:#}")
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ")
+    format!("{e:#}").lines().map(str::trim).collect::<Vec<_>>().join(" ")
 }

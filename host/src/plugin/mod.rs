@@ -50,9 +50,7 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("Plugin").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
@@ -116,10 +114,7 @@ impl Plugin {
     /// requests at every epoch tick. Measured in `benches/instance.rs`, a
     /// fiber adds about 0.15 µs to a call and 0.4 µs to a fresh instance.
     pub async fn instantiate(&self, limits: &CallLimits) -> Result<Instance, CallError> {
-        let mut store = Store::new(
-            self.pre.engine(),
-            HostState::new(self.info.clone(), limits.max_memory),
-        );
+        let mut store = Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory));
         store.limiter(|s| &mut s.limits);
         // At every epoch tick: trap once the call's tick budget (set per
         // call) is spent; until then yield to the scheduler, so that a busy
@@ -140,14 +135,10 @@ impl Plugin {
                 CallError::Instantiate(e.into())
             }
         })?;
-        let handle = instance.get_func(&mut store, self.handle).ok_or_else(|| {
-            CallError::Instantiate(anyhow::anyhow!("instance has no `handle` export"))
-        })?;
-        Ok(Instance {
-            store,
-            handle,
-            calls: 0,
-        })
+        let handle = instance
+            .get_func(&mut store, self.handle)
+            .ok_or_else(|| CallError::Instantiate(anyhow::anyhow!("instance has no `handle` export")))?;
+        Ok(Instance { store, handle, calls: 0 })
     }
 }
 
@@ -186,8 +177,7 @@ impl Instance {
         // which does not change the canonical ABI.
         let func: TypedFunc<bindings::HandleParams<'_>, bindings::HandleResult> =
             unsafe { TypedFunc::new_unchecked(self.handle) };
-        let result =
-            bindings::with_reply_cap(max_reply, func.call_async(&mut self.store, (req,))).await;
+        let result = bindings::with_reply_cap(max_reply, func.call_async(&mut self.store, (req,))).await;
         self.store.data_mut().flush_output();
         match result {
             Ok((Ok(reply),)) => Ok(reply),
@@ -203,9 +193,7 @@ fn arm(store: &mut Store<HostState>, limits: &CallLimits) -> Result<(), CallErro
     store.set_epoch_deadline(1);
     store.data_mut().ticks_left = ticks(limits.timeout);
     if let Some(fuel) = limits.fuel {
-        store
-            .set_fuel(fuel)
-            .map_err(|e| CallError::Instantiate(e.into()))?;
+        store.set_fuel(fuel).map_err(|e| CallError::Instantiate(e.into()))?;
     }
     Ok(())
 }
@@ -219,9 +207,7 @@ fn describe_trap(err: &wasmtime::Error) -> String {
         Some(trap) => trap.to_string(),
         None => err.root_cause().to_string(),
     };
-    let frame = err
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .and_then(|bt| bt.frames().first());
+    let frame = err.downcast_ref::<wasmtime::WasmBacktrace>().and_then(|bt| bt.frames().first());
     match frame.and_then(|f| f.func_name()) {
         // `{:#}` leaves out the hash of a mangled Rust name.
         Some(func) => format!("{what} (in {:#})", rustc_demangle::demangle(func)),
@@ -284,13 +270,7 @@ impl WasiState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Self {
-            ctx,
-            table: ResourceTable::new(),
-            stdout,
-            stderr,
-            logged: [0; 2],
-        }
+        Self { ctx, table: ResourceTable::new(), stdout, stderr, logged: [0; 2] }
     }
 }
 
@@ -302,12 +282,7 @@ impl HostState {
             // `memory.grow` fail and limping on.
             .trap_on_grow_failure(true)
             .build();
-        Self {
-            limits,
-            info,
-            ticks_left: 0,
-            wasi: None,
-        }
+        Self { limits, info, ticks_left: 0, wasi: None }
     }
 
     /// Send what the plugin printed to the host's log, one event per line.
@@ -337,10 +312,7 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let wasi = self.wasi.get_or_insert_with(|| Box::new(WasiState::new()));
-        WasiCtxView {
-            ctx: &mut wasi.ctx,
-            table: &mut wasi.table,
-        }
+        WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
     }
 }
 

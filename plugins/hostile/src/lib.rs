@@ -49,16 +49,10 @@ impl Plugin for Hostile {
                     std::hint::black_box(&hoard);
                 }
             }
-            b"recurse" => Ok(Some(
-                recurse(std::hint::black_box(1)).to_le_bytes().to_vec(),
-            )),
+            b"recurse" => Ok(Some(recurse(std::hint::black_box(1)).to_le_bytes().to_vec())),
             b"deep" => Ok(Some(deep(std::hint::black_box(1)).to_le_bytes().to_vec())),
             b"panic" => panic!("asked to panic"),
-            b"count" => Ok(Some(
-                (COUNT.fetch_add(1, Ordering::SeqCst) + 1)
-                    .to_string()
-                    .into_bytes(),
-            )),
+            b"count" => Ok(Some((COUNT.fetch_add(1, Ordering::SeqCst) + 1).to_string().into_bytes())),
             b"print" => {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
@@ -72,8 +66,7 @@ impl Plugin for Hostile {
                 Ok(Some(b"slept".to_vec()))
             }
             _ if p.starts_with(b"spin:") => {
-                let until =
-                    std::time::Instant::now() + std::time::Duration::from_millis(number(&p[5..])?);
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(number(&p[5..])?);
                 while std::time::Instant::now() < until {
                     std::hint::spin_loop();
                 }
@@ -85,19 +78,12 @@ impl Plugin for Hostile {
 }
 
 fn number(digits: &[u8]) -> Result<u64, String> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "bad number".to_string())
+    std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).ok_or_else(|| "bad number".to_string())
 }
 
 /// Only scalars: every frame lives on the wasm stack, none in linear memory.
 fn deep(n: u64) -> u64 {
-    if n == 0 {
-        0
-    } else {
-        deep(std::hint::black_box(n + 1)).wrapping_add(n)
-    }
+    if n == 0 { 0 } else { deep(std::hint::black_box(n + 1)).wrapping_add(n) }
 }
 
 /// An array whose address escapes: every frame takes shadow-stack memory.
