@@ -11,7 +11,7 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup ta
 
 # Rust: every cargo package under plugins/ except the SDK.
 rust_plugins=()
-for manifest in plugins/*/Cargo.toml; do
+for manifest in plugins/*/Cargo.toml examples/*/Cargo.toml; do
   dir=$(dirname "$manifest")
   name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)
   [ "$name" = "sockets-plugin" ] && continue

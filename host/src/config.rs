@@ -29,9 +29,10 @@ pub const MAX_UDP_PAYLOAD: usize = 65_507;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// A connection with no complete frame for this long is closed.
 pub const DEFAULT_IDLE_TIMEOUT: &str = "30s";
-/// Reply bytes per request byte to an unvalidated (UDP) peer. 3 is QUIC's
-/// anti-amplification limit (RFC 9000, section 8): enough for real protocols,
-/// too little to make the host a useful reflector against a spoofed address.
+/// Reply bytes per request byte to an unvalidated (UDP) peer, counted on the
+/// wire (payload + IP/UDP headers). 3 is QUIC's anti-amplification limit
+/// (RFC 9000, section 8): enough for real protocols, too little to make the
+/// host a useful reflector against a spoofed source address.
 pub const DEFAULT_MAX_AMPLIFICATION: u32 = 3;
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "5s";
@@ -91,7 +92,9 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
-    /// Cap a UDP reply at N times the request's size (0 turns the cap off).
+    /// Cap a UDP reply at N times the request's size on the wire, IP and UDP
+    /// headers included (0 turns the cap off). A UDP source address can be
+    /// spoofed; this keeps the host from being a traffic amplifier.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_AMPLIFICATION)]
     pub max_amplification: u32,
 

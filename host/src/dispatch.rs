@@ -212,7 +212,7 @@ impl Dispatcher {
         match req.transport {
             Transport::Tcp => self.max_reply_tcp,
             Transport::Udp if self.max_amplification == 0 => self.max_reply_udp,
-            Transport::Udp => self.max_reply_udp.min(req.payload.len().saturating_mul(self.max_amplification)),
+            Transport::Udp => self.max_reply_udp.min(amplification_cap(req.payload.len(), self.max_amplification)),
         }
     }
 
@@ -224,12 +224,45 @@ impl Dispatcher {
         if len > max {
             format!("over the limit of {max} bytes (--max-reply)")
         } else {
-            format!("over {}x the {}-byte request (--max-amplification)", self.max_amplification, req.payload.len())
+            format!(
+                "over {}x the {}-byte request, counting {UDP_IP_HEADERS} header bytes each (--max-amplification)",
+                self.max_amplification,
+                req.payload.len()
+            )
         }
     }
+}
+
+/// IPv4 + UDP header bytes: what a datagram costs on the wire beyond its
+/// payload (IPv6 adds 20 more; counting 28 is the stricter choice).
+pub const UDP_IP_HEADERS: usize = 28;
+
+/// The largest reply payload to a `request`-byte datagram when replies may be
+/// `factor` times the request on the wire, headers included.
+///
+/// Counting headers is what makes the cap meaningful for small requests: an
+/// attacker pays for whole packets, so a 1-byte request (29 bytes on the
+/// wire) may get a 59-byte reply (87 on the wire) at factor 3, while a plain
+/// 3x payload cap would refuse any useful reply to it.
+pub fn amplification_cap(request: usize, factor: usize) -> usize {
+    request.saturating_add(UDP_IP_HEADERS).saturating_mul(factor).saturating_sub(UDP_IP_HEADERS)
 }
 
 /// The per-request limits from the configuration.
 pub fn call_limits(config: &Config) -> CallLimits {
     CallLimits { timeout: config.timeout, max_memory: config.max_memory, fuel: config.fuel }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::amplification_cap;
+
+    #[test]
+    fn amplification_counts_headers() {
+        assert_eq!(amplification_cap(0, 3), 56);
+        assert_eq!(amplification_cap(1, 3), 59);
+        assert_eq!(amplification_cap(100, 3), 356);
+        assert_eq!(amplification_cap(100, 1), 100);
+        assert_eq!(amplification_cap(usize::MAX, 3), usize::MAX - 28);
+    }
 }

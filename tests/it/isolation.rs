@@ -205,6 +205,12 @@ fn a_line_longer_than_max_request_closes_the_connection() {
     // No newline in sight: refused once 1000 bytes are buffered.
     let _ = s.write_all(&[b'x'; 5000]);
     assert!(closed_within(&mut s, Duration::from_secs(5)));
+    // Also when the whole line, newline included, arrives in one read: it is
+    // refused, not passed to the plugin.
+    let mut s = tcp_connect(host.tcp());
+    let _ = s.write_all(&[vec![b'y'; 1500], b"\n".to_vec()].concat());
+    assert!(closed_within(&mut s, Duration::from_secs(5)));
+    assert_eq!(host.stats()["requests"], 0);
 }
 
 #[test]
@@ -279,9 +285,11 @@ fn accept_keeps_working_through_emfile() {
 #[test]
 fn udp_amplification_is_capped() {
     let host = start(&[]);
-    // 7-byte request, 100-byte reply: over 3x, not sent.
+    // A 7-byte request is 35 bytes on the wire: 3x allows a 77-byte reply
+    // (105 on the wire), not 78.
+    assert_eq!(udp_exchange(host.udp(), b"big:078", Duration::from_millis(500)), None);
+    assert_eq!(udp_roundtrip(host.udp(), b"big:077").len(), 77);
     assert_eq!(udp_exchange(host.udp(), b"big:100", Duration::from_millis(500)), None);
-    assert_eq!(udp_roundtrip(host.udp(), b"big:18").len(), 18);
     // TCP peers completed a handshake: no cap.
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"big:100").len(), 101);

@@ -15,9 +15,7 @@ type Case = (&'static [u8], Option<&'static [u8]>);
 /// (cases without `\n`) and TCP with u32 length prefixes (all cases).
 fn serves(name: &str, cases: &[Case]) {
     let path = plugin(name).display().to_string();
-    // --max-amplification 0: these replies may be far larger than a short
-    // request (the JSON summary of an empty payload, say).
-    let common = ["--plugin", path.as_str(), "--max-amplification", "0"];
+    let common = ["--plugin", path.as_str()];
     let lines = Host::start(&[&common[..], &["--listen", "127.0.0.1:0"]].concat());
     let prefixed = Host::start(&[&common[..], &["--tcp", "127.0.0.1:0", "--framing", "u32"]].concat());
     for (payload, want) in cases {
@@ -136,4 +134,18 @@ fn a_missing_import_is_named_in_one_line() {
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains(&path.display().to_string()), "{}", errors[0]);
     assert!(errors[0].contains("wasi:http/outgoing-handler@0.2.0"), "{}", errors[0]);
+}
+
+#[test]
+fn readme_example_hello() {
+    serves(
+        "hello",
+        &[
+            (b"ada", Some(b"hello, ada!")),
+            ("Grace Hopper ✓".as_bytes(), Some("hello, Grace Hopper ✓!".as_bytes())),
+            // `err(..)`: logged, nothing sent, the connection stays open.
+            (b"\xff\xfe", None),
+            (b"", Some(b"hello, !")),
+        ],
+    );
 }
