@@ -310,7 +310,7 @@ fn help_documents_every_flag_with_its_default() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
-    for default in ["127.0.0.1:7000", "default: lines", "default: 500ms", "default: 128MiB"] {
+    for default in ["127.0.0.1:7000", "default: lines", "default: 500ms", "default: 64MiB"] {
         assert!(help.contains(default), "--help lacks {default}:\n{help}");
     }
 }

@@ -40,18 +40,21 @@ impl CompileCache {
         Some(base.join("wasm-sockets-host"))
     }
 
+    /// `<sha256 of the plugin>-<engine>.cwasm`, where `<engine>` is a stable
+    /// hash of wasmtime's compatibility hash (its version and every setting
+    /// that changes the compiled code, such as `--max-memory`).
     fn file(&self, engine: &Engine, digest: &str) -> PathBuf {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut h = DefaultHasher::new();
+        use std::hash::Hash as _;
+        let mut h = Sha256Hasher(sha2::Sha256::default());
         engine.precompile_compatibility_hash().hash(&mut h);
-        self.dir.join(format!("{digest}-{:016x}.cwasm", h.finish()))
+        let engine_hash: String = sha2::Digest::finalize(h.0)[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("{digest}-{engine_hash}.cwasm"))
     }
 
     fn safe_dir(&self) -> bool {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         match std::fs::metadata(&self.dir) {
-            // SAFETY: geteuid has no preconditions.
-            Ok(m) => m.is_dir() && m.permissions().mode() & 0o022 == 0 && m.uid() == unsafe { libc::geteuid() },
+            Ok(m) => m.is_dir() && m.permissions().mode() & 0o022 == 0 && m.uid() == nix::unistd::geteuid().as_raw(),
             Err(_) => false,
         }
     }
@@ -87,5 +90,19 @@ impl CompileCache {
         if let Err(e) = result {
             tracing::warn!(dir = %self.dir.display(), "cannot write the compile cache: {}", one_line(&e));
         }
+    }
+}
+
+/// Feeds `Hash` into sha256: unlike `DefaultHasher`, stable across Rust
+/// releases, so a toolchain update does not orphan the cache.
+struct Sha256Hasher(sha2::Sha256);
+
+impl std::hash::Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        unreachable!("only the sha256 digest is used")
     }
 }

@@ -176,6 +176,13 @@ fn compile(
             return Ok((component, true));
         }
     }
+    // Big (Python, JavaScript) plugins take seconds: say so before the wait.
+    if bytes.len() > 1 << 20 {
+        tracing::info!(
+            "compiling a {:.1} MB plugin; this takes a few seconds once, then it is cached",
+            bytes.len() as f64 / 1e6
+        );
+    }
     let component = Component::from_binary(engine, bytes)?;
     if let Some(cache) = cache {
         cache.put(engine, digest, &component);
