@@ -189,7 +189,7 @@ fn a_trap_costs_one_request_not_the_host() {
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"next"), b"next\n");
     assert!(host.logs.wait_for("asked to panic", 2, REPLY_TIMEOUT) >= 2, "guest panic message not logged");
-    assert!(host.logs.count("request failed") >= 2);
+    assert!(host.logs.wait_for("request failed", 2, REPLY_TIMEOUT) >= 2);
 }
 
 #[test]

@@ -48,7 +48,7 @@ fn infinite_loop_is_cut_off_at_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(8));
     let stats = host.stats();
     assert_eq!(stats["timeouts"], 2, "{stats:?}");
-    assert!(host.logs.count("cut off after 300ms (--timeout)") >= 2);
+    assert!(host.logs.wait_for("cut off after 300ms (--timeout)", 2, REPLY_TIMEOUT) >= 2);
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn fuel_gives_a_deterministic_cpu_limit() {
     let started = Instant::now();
     survives(&mut host, b"loop", Duration::from_secs(3));
     assert!(started.elapsed() < Duration::from_secs(8), "fuel did not stop the loop before the timeout");
-    assert!(host.logs.count("ran out of fuel (--fuel)") >= 2);
+    assert!(host.logs.wait_for("ran out of fuel (--fuel)", 2, REPLY_TIMEOUT) >= 2);
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn memory_bomb_traps_at_max_memory_and_rss_stays_bounded() {
     }
     let stats = host.stats();
     assert_eq!(stats["traps"], 10, "{stats:?}");
-    assert!(host.logs.count("memory") >= 1, "no memory-limit message");
+    assert!(host.logs.wait_for("memory", 1, REPLY_TIMEOUT) >= 1, "no memory-limit message");
     // Ten 32 MiB bombs ran; what stays resident is far less than one each.
     let after = host.rss_kib();
     assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
@@ -90,14 +90,14 @@ fn deep_recursion_is_a_clean_trap_never_a_crash() {
     // On the wasm stack: wasmtime's stack limit (--max-wasm-stack).
     survives(&mut host, b"deep", Duration::from_secs(2));
     assert!(
-        host.logs.count("wasm trap: call stack exhausted (in hostile::deep") >= 2,
+        host.logs.wait_for("wasm trap: call stack exhausted (in hostile::deep", 2, REPLY_TIMEOUT) >= 2,
         "{}",
         host.logs.lines().join("\n")
     );
     // On the shadow stack Rust keeps in linear memory: it runs off the
     // bottom of memory, an out-of-bounds trap.
     survives(&mut host, b"recurse", Duration::from_secs(2));
-    assert!(host.logs.count("wasm trap: out of bounds memory access (in hostile::recurse") >= 2);
+    assert!(host.logs.wait_for("wasm trap: out of bounds memory access (in hostile::recurse", 2, REPLY_TIMEOUT) >= 2);
     // One line per failure, not a backtrace per frame.
     assert!(host.logs.lines().iter().all(|l| l.len() < 1000), "a log line is a backtrace");
 }
@@ -121,7 +121,13 @@ fn oversized_replies_are_not_sent_nor_copied() {
     let after = host.rss_kib();
     assert!(after < before + 16 * 1024, "RSS grew from {before} KiB to {after} KiB");
     assert_eq!(host.stats()["replies_dropped"], 6);
-    assert!(host.logs.count("reply of 20000000 bytes not sent: over the limit of 1000 bytes (--max-reply)") >= 2);
+    assert!(
+        host.logs.wait_for(
+            "reply of 20000000 bytes not sent: over the limit of 1000 bytes (--max-reply)",
+            2,
+            REPLY_TIMEOUT
+        ) >= 2
+    );
 }
 
 #[test]
@@ -293,7 +299,7 @@ fn udp_amplification_is_capped() {
     // TCP peers completed a handshake: no cap.
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"big:100").len(), 101);
-    assert!(host.logs.count("--max-amplification") >= 1);
+    assert!(host.logs.wait_for("--max-amplification", 1, REPLY_TIMEOUT) >= 1);
     let host = start(&["--max-amplification", "0"]);
     assert_eq!(udp_roundtrip(host.udp(), b"big:100").len(), 100);
 }

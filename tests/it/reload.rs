@@ -65,22 +65,20 @@ fn eventually(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// A host serving `file` on loopback, with its own compile cache.
+fn start_watching(file: &PluginFile, cache: &tempfile::TempDir) -> Host {
+    let cache = cache.path().display().to_string();
+    Host::start(&["--plugin", &file.arg(), "--listen", "127.0.0.1:0", "--cache-dir", &cache])
+}
+
 fn serves_upper(addr: SocketAddr) -> bool {
     udp_roundtrip(addr, b"probe") == b"PROBE"
 }
 
 #[test]
 fn twenty_swaps_under_load_lose_nothing() {
-    let file = PluginFile::new(&plugin("echo"));
-    let cache = cache_dir();
-    let host = Host::start(&[
-        "--plugin",
-        &file.arg(),
-        "--listen",
-        "127.0.0.1:0",
-        "--cache-dir",
-        &cache.path().display().to_string(),
-    ]);
+    let (file, cache) = (PluginFile::new(&plugin("echo")), cache_dir());
+    let host = start_watching(&file, &cache);
     let (udp, tcp) = (host.udp(), host.tcp());
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
@@ -152,16 +150,8 @@ fn twenty_swaps_under_load_lose_nothing() {
 
 #[test]
 fn bad_files_never_replace_the_working_version() {
-    let file = PluginFile::new(&plugin("echo"));
-    let cache = cache_dir();
-    let host = Host::start(&[
-        "--plugin",
-        &file.arg(),
-        "--listen",
-        "127.0.0.1:0",
-        "--cache-dir",
-        &cache.path().display().to_string(),
-    ]);
+    let (file, cache) = (PluginFile::new(&plugin("echo")), cache_dir());
+    let host = start_watching(&file, &cache);
     let good = GoodTraffic::start(&host);
     let echo = std::fs::read(plugin("echo")).unwrap();
     let wrong_world = wat::parse_str(
@@ -213,7 +203,8 @@ fn sighup_reloads_and_a_restart_hits_the_compile_cache() {
     // ...but SIGHUP reloads it.
     host.signal(1);
     assert!(eventually(SWAP_SEEN_WITHIN, || serves_upper(host.udp())));
-    assert!(host.logs.count("(Signal)") >= 1);
+    // The swap happens just before its log line.
+    assert_eq!(host.logs.wait_for("(Signal)", 1, REPLY_TIMEOUT), 1);
     host.sigterm();
     host.wait(Duration::from_secs(10)).expect("host did not exit");
     // A restart loads the same version from the cache, without compiling.
@@ -237,12 +228,12 @@ fn each_version_is_named_in_the_logs() {
         String::from_utf8(out.stdout).unwrap()[..12].to_string()
     };
     let (echo_v, upper_v) = (sha("echo"), sha("upper"));
-    assert!(host.logs.count(&format!("version {echo_v}")) >= 1);
+    assert!(host.logs.wait_for(&format!("version {echo_v}"), 1, REPLY_TIMEOUT) >= 1);
     udp_roundtrip(host.udp(), b"one");
     file.replace(&std::fs::read(plugin("upper")).unwrap());
     assert!(eventually(SWAP_SEEN_WITHIN, || serves_upper(host.udp())));
-    assert!(host.logs.count(&format!("version {echo_v} -> {upper_v}")) == 1);
+    assert_eq!(host.logs.wait_for(&format!("version {echo_v} -> {upper_v}"), 1, REPLY_TIMEOUT), 1);
     // Per-request debug lines name the version that served each request.
     assert!(host.logs.wait_for(&format!("version={upper_v}"), 1, REPLY_TIMEOUT) >= 1);
-    assert!(host.logs.count(&format!("version={echo_v}")) >= 1);
+    assert!(host.logs.wait_for(&format!("version={echo_v}"), 1, REPLY_TIMEOUT) >= 1);
 }
