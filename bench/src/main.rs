@@ -1,1 +1,247 @@
-fn main() {}
+//! `bench`: measure the host against a hand-written tokio echo server.
+//!
+//! - `bench native` runs the baseline: the echo a user would write directly
+//!   on tokio, with the host's own framing codec.
+//! - `bench load` drives one server with a closed-loop (or rate-limited)
+//!   load and reports throughput, latency percentiles and every error.
+//! - `bench compare` starts the baseline and the host as child processes,
+//!   runs the same loads against each, and prints a markdown table.
+//!
+//! This file only parses arguments and builds the tokio runtime each command
+//! asks for; the work is in the modules.
+
+mod compare;
+mod load;
+mod native;
+mod process;
+mod report;
+mod startup;
+mod stats;
+mod sys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use host::framing::Framing;
+
+/// Load generator and native baseline for the host.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the native tokio echo baseline.
+    Native(NativeArgs),
+    /// Drive one server with load and report what it did.
+    Load(LoadArgs),
+    /// Start the baseline and the host, load both, print a markdown table.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct NativeArgs {
+    /// Serve UDP echo on ADDR (repeatable) [default: 127.0.0.1:7001 when
+    /// neither --udp nor --tcp is given].
+    #[arg(long, value_name = "ADDR")]
+    udp: Vec<SocketAddr>,
+    /// Serve TCP echo on ADDR (repeatable) [default: 127.0.0.1:7001 when
+    /// neither --udp nor --tcp is given].
+    #[arg(long, value_name = "ADDR")]
+    tcp: Vec<SocketAddr>,
+    /// How TCP streams are cut into frames (as the host's --framing).
+    #[arg(long, value_enum, default_value_t = Framing::Lines)]
+    framing: Framing,
+    /// Runtime worker threads, and UDP receive tasks per socket [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["udp", "tcp"]))]
+struct LoadArgs {
+    /// Send UDP datagrams to ADDR (a loopback address).
+    #[arg(long, value_name = "ADDR")]
+    udp: Option<SocketAddr>,
+    /// Send TCP frames to ADDR (a loopback address).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
+    /// TCP framing; must match the server's.
+    #[arg(long, value_enum, default_value_t = Framing::Lines)]
+    framing: Framing,
+    /// UDP sockets or TCP connections.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    conns: usize,
+    /// Requests kept in flight on each socket or connection. With --rate,
+    /// the most that may be outstanding before sends are held back.
+    #[arg(long, value_name = "K", default_value_t = 4)]
+    inflight: usize,
+    /// Payload bytes per request (at least 16: a sequence number leads it).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    size: usize,
+    /// How long to measure (after the warm-up).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    /// How long to run before measuring; longer if some connection has not
+    /// had a reply by then.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Open loop: send R requests/s in total on a fixed schedule, and time
+    /// each reply from when its request was due (beyond the timer's 1 ms
+    /// granularity), not from when it was sent.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Runtime worker threads for the load generator.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// The host binary.
+    #[arg(long, value_name = "PATH", default_value = "target/release/host")]
+    host: PathBuf,
+    /// The echo plugin the host serves.
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/echo.wasm")]
+    plugin: PathBuf,
+    /// Rounds of every load against every server; the table shows medians.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// How long each load is measured.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before each measurement.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Host starts timed for the start-up row.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    starts: u32,
+    /// Worker threads of each server, the baseline and the host alike [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+    /// Worker threads of the load generator.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    load_workers: u16,
+    /// A smoke test: one round of 1 s loads, 3 starts.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Native(args) => native_command(args),
+        Command::Load(args) => load_command(args),
+        Command::Compare(args) => compare_command(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn native_command(args: NativeArgs) -> anyhow::Result<()> {
+    let workers = args.workers.map_or_else(host::default_workers, usize::from);
+    let (mut udp, mut tcp) = (args.udp, args.tcp);
+    if udp.is_empty() && tcp.is_empty() {
+        let default: SocketAddr = ([127, 0, 0, 1], 7001).into();
+        (udp, tcp) = (vec![default], vec![default]);
+    }
+    sys::raise_nofile_limit();
+    let options = native::Options { udp, tcp, framing: args.framing, workers };
+    // Multi-threaded even for one worker, as the host's runtime is.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(native::serve(options))
+}
+
+fn load_command(args: LoadArgs) -> anyhow::Result<()> {
+    let target = match (args.udp, args.tcp) {
+        (Some(addr), None) => load::Target::Udp(addr),
+        (None, Some(addr)) => load::Target::Tcp(addr),
+        _ => unreachable!("clap requires exactly one of --udp and --tcp"),
+    };
+    let spec = load::Spec {
+        target,
+        framing: args.framing,
+        conns: args.conns,
+        inflight: args.inflight,
+        size: args.size,
+        duration: args.duration,
+        warmup: args.warmup,
+        rate: args.rate,
+    };
+    sys::raise_nofile_limit();
+    let report = runtime(args.workers.into())?.block_on(load::run(&spec))?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
+    let (rounds, duration, warmup, starts) = if args.quick {
+        (1, Duration::from_secs(1), Duration::from_millis(250), 3)
+    } else {
+        (args.rounds, args.duration, args.warmup, args.starts)
+    };
+    let options = compare::Options {
+        host: args.host,
+        plugin: args.plugin,
+        rounds,
+        duration,
+        warmup,
+        starts,
+        workers: args.workers.map_or_else(host::default_workers, usize::from),
+        load_workers: args.load_workers.into(),
+    };
+    // 10,000 connections need more descriptors than the usual soft limit of
+    // 1,024, here and in the servers, which inherit the raised limit.
+    sys::raise_nofile_limit();
+    runtime(options.load_workers)?.block_on(async {
+        // Returning from here (also on Ctrl-C, which drops the comparison
+        // mid-flight) drops the child servers, and dropping one kills it.
+        tokio::select! {
+            r = compare::run(&options) => r,
+            r = tokio::signal::ctrl_c() => {
+                r.context("cannot listen for Ctrl-C")?;
+                anyhow::bail!("interrupted")
+            }
+        }
+    })
+}
+
+/// A runtime with `workers` threads: a current-thread runtime for one, so a
+/// single-worker load generator really uses one core.
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build().context("cannot start the tokio runtime")
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 500ms, 3s)"))
+}

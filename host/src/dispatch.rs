@@ -175,10 +175,10 @@ impl Dispatcher {
 
     /// An idle instance of `version` (reuse mode), or a fresh one.
     async fn checkout(&self, version: &Version) -> Result<(Instance, OwnedSemaphorePermit), CallError> {
-        if self.reuse > 1 {
-            if let Some(idle) = version.idle.lock().expect("idle pool lock").pop() {
-                return Ok(idle);
-            }
+        if self.reuse > 1
+            && let Some(idle) = version.idle.lock().expect("idle pool lock").pop()
+        {
+            return Ok(idle);
         }
         let permit = self.slots.clone().acquire_owned().await.expect("slot semaphore is never closed");
         let instance = version.plugin.instantiate(&self.limits).await?;

@@ -54,12 +54,11 @@ const WORKER_STACK: usize = host::plugin::engine::MAX_WASM_STACK + (4 << 20);
 /// a default soft limit of 1024. Failure only means the default stays.
 fn raise_open_files_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::debug!("cannot raise the open files limit from {soft} to {hard}: {e}");
-            }
-        }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!("cannot raise the open files limit from {soft} to {hard}: {e}");
     }
 }
 

@@ -174,7 +174,7 @@ fn bad_files_never_replace_the_working_version() {
             i + 1,
             "{what}: no failure logged"
         );
-        let line = host.logs.lines().into_iter().filter(|l| l.contains("reload failed")).last().unwrap();
+        let line = host.logs.lines().into_iter().rev().find(|l| l.contains("reload failed")).unwrap();
         assert!(line.contains(message) && line.contains(&file.arg()), "{what}: {line}");
         assert_eq!(udp_roundtrip(host.udp(), b"still echo"), b"still echo", "{what} took effect");
     }

@@ -171,10 +171,8 @@ fn compile(
     bytes: &[u8],
     digest: &str,
 ) -> anyhow::Result<(Component, bool)> {
-    if let Some(cache) = cache {
-        if let Some(component) = cache.get(engine, digest) {
-            return Ok((component, true));
-        }
+    if let Some(component) = cache.and_then(|c| c.get(engine, digest)) {
+        return Ok((component, true));
     }
     // Big (Python, JavaScript) plugins take seconds: say so before the wait.
     if bytes.len() > 1 << 20 {

@@ -1,0 +1,190 @@
+//! Servers under test, run as child processes.
+//!
+//! A child's stderr is read for its whole life: the `listening udp|tcp ADDR`
+//! lines give its ports, warnings are counted for the report, and reading
+//! keeps the pipe from filling up, which would block the child's logging
+//! and so the child itself.
+//!
+//! Children never outlive the benchmark: dropping a [`ServerProcess`] kills
+//! it (so do a `?`, a panic and Ctrl-C, which all drop it), and on Linux the
+//! kernel kills it too if the benchmark itself is killed.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::watch;
+
+/// Lines of stderr kept to explain a failure.
+const TAIL_LINES: usize = 20;
+/// How long a child may take to start listening. Generous: a debug build
+/// of the host compiling a plugin without a warm cache takes seconds.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a child may take to exit after SIGTERM (the host drains
+/// in-flight requests for up to 5 s by default).
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a child has written to stderr so far.
+#[derive(Debug, Default, Clone)]
+pub struct Log {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    /// Lines logged at WARN or ERROR level.
+    pub warnings: u64,
+    /// The first such line, verbatim.
+    pub first_warning: Option<String>,
+    /// The last `stats ...` line (the host prints its counters on exit).
+    pub stats: Option<String>,
+    /// The last lines, for error messages.
+    pub tail: VecDeque<String>,
+    /// Stderr was closed: the child exited (or closed it).
+    pub closed: bool,
+}
+
+impl Log {
+    fn push(&mut self, line: String) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // `... listening udp 127.0.0.1:7000`, with or without a log prefix.
+        if let Some(w) = words.windows(3).find(|w| w[0] == "listening") {
+            match (w[1], w[2].parse()) {
+                ("udp", Ok(addr)) => self.udp = Some(addr),
+                ("tcp", Ok(addr)) => self.tcp = Some(addr),
+                _ => {}
+            }
+        }
+        if words.iter().take(3).any(|w| *w == "WARN" || *w == "ERROR") || line.starts_with("error") {
+            self.warnings += 1;
+            self.first_warning.get_or_insert_with(|| line.clone());
+        }
+        // `... stats requests=10 replies=9 ...`
+        if let Some(i) = words.windows(2).position(|w| w[0] == "stats" && w[1].contains('=')) {
+            self.stats = Some(words[i + 1..].join(" "));
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    /// The last lines, indented, for an error message.
+    pub fn tail_text(&self) -> String {
+        self.tail.iter().map(|l| format!("\n    {l}")).collect()
+    }
+}
+
+/// A running server.
+pub struct ServerProcess {
+    pub name: String,
+    child: Child,
+    log: watch::Receiver<Log>,
+}
+
+impl ServerProcess {
+    /// Start `command` and wait until it has logged a UDP and a TCP address.
+    pub async fn start(name: &str, command: Command) -> anyhow::Result<Self> {
+        let server = Self::spawn(name, command)?;
+        let mut log = server.log.clone();
+        let ready =
+            tokio::time::timeout(START_TIMEOUT, log.wait_for(|l| l.closed || (l.udp.is_some() && l.tcp.is_some())))
+                .await
+                .map(|r| r.map(|l| l.clone()));
+        match ready {
+            Ok(Ok(l)) if !l.closed => Ok(server),
+            Ok(_) => bail!("{name} exited before listening:{}", server.log().tail_text()),
+            Err(_) => bail!("{name} did not log its addresses within {START_TIMEOUT:?}:{}", server.log().tail_text()),
+        }
+    }
+
+    /// Start `command` without waiting for anything.
+    pub fn spawn(name: &str, mut command: Command) -> anyhow::Result<Self> {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+        // SAFETY: the closure runs in the child between fork and exec, where
+        // only async-signal-safe calls are allowed; it makes one prctl
+        // system call. The signal comes when the thread that spawned the
+        // child exits: the benchmark spawns from the thread that runs its
+        // main future, which lives as long as the benchmark.
+        unsafe {
+            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+        }
+        let mut child = command.spawn().with_context(|| format!("cannot start {name} ({:?})", command.as_std()))?;
+        let stderr = child.stderr.take().context("child stderr was not captured")?;
+        let (tx, log) = watch::channel(Log::default());
+        tokio::spawn(read_log(stderr, tx));
+        Ok(Self { name: name.to_owned(), child, log })
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        self.log.borrow().udp.expect("started servers have a UDP address")
+    }
+
+    pub fn tcp(&self) -> SocketAddr {
+        self.log.borrow().tcp.expect("started servers have a TCP address")
+    }
+
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().with_context(|| format!("{} has exited", self.name))
+    }
+
+    /// A copy of what the child has logged so far.
+    pub fn log(&self) -> Log {
+        self.log.borrow().clone()
+    }
+
+    /// Kill the child at once and wait for it to be gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Ask the child to exit (SIGTERM) and wait for it, killing it if it
+    /// takes too long; return everything it logged.
+    pub async fn stop(mut self) -> Log {
+        if let Ok(pid) = self.pid() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            if tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await.is_err() {
+                let _ = self.child.kill().await;
+            }
+        }
+        // The exit closes stderr; give the reader a moment to take the rest.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.log.wait_for(|l| l.closed)).await;
+        self.log()
+    }
+}
+
+async fn read_log(stderr: ChildStderr, log: watch::Sender<Log>) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.send_modify(|l| l.push(line));
+    }
+    log.send_modify(|l| l.closed = true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_found_in_host_and_native_lines() {
+        let mut log = Log::default();
+        log.push("2026-11-25T12:00:00.000001Z  INFO host: listening udp 127.0.0.1:41234".into());
+        log.push("listening tcp [::1]:41235".into());
+        assert_eq!(log.udp, Some("127.0.0.1:41234".parse().unwrap()));
+        assert_eq!(log.tcp, Some("[::1]:41235".parse().unwrap()));
+        assert_eq!(log.warnings, 0);
+    }
+
+    #[test]
+    fn warnings_and_stats_are_kept() {
+        let mut log = Log::default();
+        log.push("2026-11-25T12:00:00Z  WARN host::dispatch: request failed: trap".into());
+        log.push("2026-11-25T12:00:01Z  INFO host: stats requests=10 replies=9".into());
+        assert_eq!(log.warnings, 1);
+        assert!(log.first_warning.as_deref().unwrap().contains("request failed"));
+        assert_eq!(log.stats.as_deref(), Some("requests=10 replies=9"));
+    }
+}
