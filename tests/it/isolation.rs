@@ -335,3 +335,25 @@ fn drain_timeout_bounds_the_shutdown() {
     assert_eq!(status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn a_slow_request_does_not_hold_up_the_rest_of_its_batch() {
+    let host = start(&["--timeout", "10s"]);
+    let udp = udp_client(host.udp());
+    // Same socket, back to back: the slow one and the quick ones share a
+    // receive batch (or land on the socket's other receive loop).
+    udp.send(b"sleep:3000").unwrap();
+    for i in 0..20 {
+        udp.send(format!("quick {i}").as_bytes()).unwrap();
+    }
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    for _ in 0..20 {
+        let n = udp.recv(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"quick"), "got {:?} first", String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "quick replies waited {:?}", started.elapsed());
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = udp.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"slept");
+}

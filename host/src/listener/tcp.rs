@@ -128,23 +128,29 @@ async fn connection(
             Err(e) => return Err(e.into()),
         };
         let raw = decoder.framing() == Framing::Raw;
+        // The frames of one read run one after another in one session, so
+        // in reuse mode they share an instance without touching the pool.
+        let mut session = shared.dispatcher.session();
+        let (mut frames, mut replies) = (0, 0);
         loop {
             let frame = if eof { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
             let frame = match frame.map_err(|e| closed_by_host(e.into()))? {
                 Some(f) => f,
                 None => break,
             };
-            deadline = Instant::now() + shared.idle_timeout;
+            frames += 1;
             let req = Request { transport: Transport::Tcp, peer: &peer_text, local: &local, payload: &frame };
-            match shared.dispatcher.dispatch(req).await {
+            match session.dispatch(req).await {
                 Outcome::Reply(reply) => {
                     framing::encode(decoder.framing(), &reply, &mut out).map_err(|e| closed_by_host(e.into()))?;
-                    Stats::incr(&shared.dispatcher.stats().replies);
+                    replies += 1;
                 }
                 Outcome::NoReply => {}
                 Outcome::Failed => {
                     // Replies to earlier frames of this read still go out.
+                    drop(session);
                     stream.write_all(&out).await?;
+                    shared.dispatcher.stats().replies.fetch_add(replies, std::sync::atomic::Ordering::Relaxed);
                     return Err(closed_by_host(ConnError::RequestFailed));
                 }
             }
@@ -152,6 +158,12 @@ async fn connection(
                 break;
             }
         }
+        // No instance is held while the connection waits on the network.
+        drop(session);
+        if frames > 0 {
+            deadline = Instant::now() + shared.idle_timeout;
+        }
+        shared.dispatcher.stats().replies.fetch_add(replies, std::sync::atomic::Ordering::Relaxed);
         if !out.is_empty() {
             match timeout_at(Instant::now() + shared.idle_timeout, stream.write_all(&out)).await {
                 Ok(r) => r?,
