@@ -57,6 +57,14 @@ impl Server {
     /// Load the plugin and bind every address. Fails, with a message naming
     /// the file or address, if either cannot be done.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        // Bind first: an address in use is reported at once, not after a
+        // plugin has compiled for seconds. Until serving starts, datagrams
+        // and connections wait in the kernel's queues.
+        let mut bound = Vec::new();
+        let workers = config.workers.unwrap_or_else(default_workers);
+        for (transport, addr) in config.bind_list() {
+            bound.push(listener::bind(transport, addr, workers)?);
+        }
         let stats = Arc::new(Stats::default());
         let engine = new_engine(EngineLimits {
             max_memory: config.max_memory,
@@ -67,11 +75,6 @@ impl Server {
         let loader = Arc::new(Loader::new(engine, config.cache_dir(), stats.clone())?);
         let plugin = loader.load(&config.plugin, &dispatch::call_limits(&config)).await?;
         let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
-        let mut bound = Vec::new();
-        let workers = config.workers.unwrap_or_else(default_workers);
-        for (transport, addr) in config.bind_list() {
-            bound.push(listener::bind(transport, addr, workers)?);
-        }
         let reloader = Reloader::new(config.plugin.clone(), loader, dispatcher.clone(), stats.clone());
         Ok(Server { config, bound, dispatcher, reloader, _ticker: ticker, stats })
     }

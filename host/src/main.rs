@@ -34,7 +34,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     let result = match runtime {
-        Ok(rt) => rt.block_on(host::run(config, shutdown_signal())),
+        Ok(rt) => {
+            let result = rt.block_on(host::run(config, shutdown_signal()));
+            // Requests past the drain timeout, or a reload still compiling,
+            // are abandoned rather than waited for.
+            rt.shutdown_background();
+            result
+        }
         Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
     };
     match result {

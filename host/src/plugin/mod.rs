@@ -71,7 +71,7 @@ pub enum CallError {
     /// The plugin returned `err(message)`.
     #[error("plugin returned an error: {0}")]
     Plugin(String),
-    /// The call ran past `--timeout` (or out of `--fuel`).
+    /// The call ran past `--timeout`.
     #[error("cut off after {0:?} (--timeout)")]
     Timeout(Duration),
     /// The call ran out of fuel.
