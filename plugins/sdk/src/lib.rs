@@ -2,7 +2,7 @@
 //!
 //! A plugin is a type that implements [`Plugin`] plus one [`export!`] line:
 //!
-//! ```ignore
+//! ```no_run
 //! use sockets_plugin::{Plugin, Request};
 //!
 //! struct Echo;
