@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::Config;
 use crate::plugin::engine::EPOCH_TICK;
 use crate::plugin::{CallError, CallLimits, Instance, Plugin, Reply, RequestRef, Transport};
+use crate::ratelimit::log_limited;
 use crate::stats::Stats;
 
 /// Idle instances kept per plugin version in reuse mode. More than the
@@ -135,7 +136,8 @@ impl Dispatcher {
             Ok(Some(Reply::Bytes(reply))) => reply,
             Ok(Some(Reply::TooLarge(len))) => {
                 Stats::incr(&self.stats.replies_dropped);
-                tracing::warn!(
+                log_limited!(
+                    warn,
                     plugin = %info.name, version = %info.version, transport = %req.transport, peer = req.peer,
                     "reply of {len} bytes not sent: {}", self.why_too_large(req, len)
                 );
@@ -153,7 +155,8 @@ impl Dispatcher {
                     CallError::Trap(_) | CallError::Instantiate(_) => &self.stats.traps,
                 };
                 Stats::incr(counter);
-                tracing::warn!(
+                log_limited!(
+                    warn,
                     plugin = %info.name, version = %info.version, transport = %req.transport, peer = req.peer,
                     "request failed: {err}"
                 );

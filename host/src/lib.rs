@@ -12,6 +12,7 @@
 //! - [`reload`]: hot reload on a file change or SIGHUP.
 //! - [`config`]: every command-line flag and default.
 //! - [`stats`]: counters of what happened.
+//! - `ratelimit`: log lines a peer can trigger are rate-limited per call site.
 //!
 //! [`run`] ties them together; the `host` binary only parses arguments and
 //! calls it, and the tests call it the same way.
@@ -22,6 +23,7 @@ pub mod dispatch;
 pub mod framing;
 mod listener;
 pub mod plugin;
+mod ratelimit;
 pub mod reload;
 pub mod stats;
 

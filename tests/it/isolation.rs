@@ -359,3 +359,20 @@ fn a_slow_request_does_not_hold_up_the_rest_of_its_batch() {
     let n = udp.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"slept");
 }
+
+#[test]
+fn a_flood_of_bad_input_does_not_flood_the_log() {
+    let host = start(&["--max-request", "100"]);
+    let udp = udp_client(host.udp());
+    for _ in 0..2000 {
+        udp.send(&[b'x'; 200]).unwrap();
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    assert_eq!(udp_roundtrip(host.udp(), b"still fine"), b"still fine");
+    // Every datagram is counted; at most 100 lines a second are logged.
+    let stats = host.stats();
+    assert!(stats["requests_dropped"] > 1000, "{stats:?}");
+    let logged = host.logs.count("datagram dropped");
+    assert!(logged <= 300, "{logged} log lines for one flood");
+    assert!(host.logs.count("suppressed=") <= 3);
+}

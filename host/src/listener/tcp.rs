@@ -22,6 +22,7 @@ use crate::config::Framing;
 use crate::dispatch::{Outcome, Request};
 use crate::framing::{self, Decoder, FrameError};
 use crate::plugin::Transport;
+use crate::ratelimit::log_limited;
 use crate::stats::Stats;
 
 use super::Shared;
@@ -53,7 +54,7 @@ pub(crate) async fn serve(
             r = listener.accept() => match r {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(local, "accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                    log_limited!(warn, local, "accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -99,7 +100,7 @@ async fn connection(
     let closed_by_host = |e: ConnError| {
         if matches!(e, ConnError::Frame(_) | ConnError::Idle(_) | ConnError::RequestFailed) {
             Stats::incr(&shared.dispatcher.stats().connections_closed_by_host);
-            tracing::info!(%peer, local, "closing connection: {e}");
+            log_limited!(info, %peer, local, "closing connection: {e}");
         }
         e
     };

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{Outcome, Request};
 use crate::plugin::Transport;
+use crate::ratelimit::log_limited;
 use crate::stats::Stats;
 
 use super::Shared;
@@ -44,13 +45,26 @@ const MAX_DATAGRAM: usize = 65_536;
 /// Serve `sockets` (one address) until `shutdown` is cancelled.
 pub(crate) async fn serve(sockets: Vec<UdpSocket>, shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
+    // Which socket each loop serves, to replace a loop that panicked.
+    let mut serving = std::collections::HashMap::new();
     for socket in sockets {
         let socket = Arc::new(socket);
         for _ in 0..LOOPS_PER_SOCKET {
-            tasks.spawn(receive_loop(socket.clone(), shared.clone(), shutdown.clone()));
+            let id = tasks.spawn(receive_loop(socket.clone(), shared.clone(), shutdown.clone())).id();
+            serving.insert(id, socket.clone());
         }
     }
-    while tasks.join_next().await.is_some() {}
+    // A loop only ends on shutdown. If one panics (a bug, caught by tokio),
+    // its socket must not lose a receiver: log it and start another.
+    while let Some(ended) = tasks.join_next_with_id().await {
+        let Err(e) = ended else { continue };
+        let Some(socket) = serving.remove(&e.id()) else { continue };
+        if e.is_panic() && !shutdown.is_cancelled() {
+            tracing::error!("a UDP receive loop panicked; starting a new one: {e}");
+            let id = tasks.spawn(receive_loop(socket.clone(), shared.clone(), shutdown.clone())).id();
+            serving.insert(id, socket);
+        }
+    }
 }
 
 /// One received datagram's slot in a batch.
@@ -91,7 +105,7 @@ async fn receive_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, shutdown: Can
             if slot.len > max {
                 slot.peer = None;
                 Stats::incr(&stats.requests_dropped);
-                tracing::warn!(%peer, local, "datagram dropped: larger than {max} bytes (--max-request)");
+                log_limited!(warn, %peer, local, "datagram dropped: larger than {max} bytes (--max-request)");
                 continue;
             }
             slot.peer_text.clear();
@@ -99,13 +113,14 @@ async fn receive_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, shutdown: Can
             valid += 1;
         }
         let requests = slots[..n].iter().filter_map(|slot| {
+            let peer = slot.peer?;
             let req = Request {
                 transport: Transport::Udp,
                 peer: &slot.peer_text,
                 local: &local,
                 payload: &slot.buf[..slot.len],
             };
-            Some((slot.peer?, req))
+            Some((peer, req))
         });
         serve_batch(&shared, requests, valid, &socket, &local).await;
     }
