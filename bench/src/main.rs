@@ -6,6 +6,10 @@
 //!   load and reports throughput, latency percentiles and every error.
 //! - `bench compare` starts the baseline and the host as child processes,
 //!   runs the same loads against each, and prints a markdown table.
+//! - `bench startup` times the host from spawn to first reply per plugin,
+//!   with a cold and a warm compile cache.
+//! - `bench reload` times hot reloads from the rename of a new version to
+//!   its first reply, and checks that no request is lost on the way.
 //!
 //! This file only parses arguments and builds the tokio runtime each command
 //! asks for; the work is in the modules.
@@ -13,7 +17,10 @@
 mod compare;
 mod load;
 mod native;
+mod per_plugin;
+mod plugins;
 mod process;
+mod reload;
 mod report;
 mod startup;
 mod stats;
@@ -44,6 +51,10 @@ enum Command {
     Load(LoadArgs),
     /// Start the baseline and the host, load both, print a markdown table.
     Compare(CompareArgs),
+    /// Time the host's start to its first UDP reply per plugin, cold and warm.
+    Startup(StartupArgs),
+    /// Time hot reloads from the rename of a new version to its first reply.
+    Reload(ReloadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -137,12 +148,54 @@ struct CompareArgs {
     quick: bool,
 }
 
+#[derive(Debug, Args)]
+struct StartupArgs {
+    /// The host binary.
+    #[arg(long, value_name = "PATH", default_value = "target/release/host")]
+    host: PathBuf,
+    /// The plugins to serve, comma-separated.
+    #[arg(
+        long,
+        value_name = "PATH,...",
+        value_delimiter = ',',
+        default_values = [
+            "target/plugins/echo.wasm",
+            "target/plugins/json-summary.wasm",
+            "target/plugins/reverse.wasm",
+            "target/plugins/rot13.wasm",
+        ]
+    )]
+    plugins: Vec<PathBuf>,
+    /// Timed starts per plugin with a warm compile cache.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    starts: u32,
+    /// Timed starts per plugin with a fresh, empty compile cache (seconds
+    /// each for the large plugins).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    cold_starts: u32,
+}
+
+#[derive(Debug, Args)]
+struct ReloadArgs {
+    /// The host binary.
+    #[arg(long, value_name = "PATH", default_value = "target/release/host")]
+    host: PathBuf,
+    /// Where echo.wasm, upper.wasm, json-summary.wasm and reverse.wasm are.
+    #[arg(long, value_name = "DIR", default_value = "target/plugins")]
+    plugin_dir: PathBuf,
+    /// Timed reloads per case; the table shows their median and maximum.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Native(args) => native_command(args),
         Command::Load(args) => load_command(args),
         Command::Compare(args) => compare_command(args),
+        Command::Startup(args) => startup_command(args),
+        Command::Reload(args) => reload_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,11 +269,36 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
     // 10,000 connections need more descriptors than the usual soft limit of
     // 1,024, here and in the servers, which inherit the raised limit.
     sys::raise_nofile_limit();
-    runtime(options.load_workers)?.block_on(async {
-        // Returning from here (also on Ctrl-C, which drops the comparison
-        // mid-flight) drops the child servers, and dropping one kills it.
+    until_interrupted(runtime(options.load_workers)?, compare::run(&options))
+}
+
+fn startup_command(args: StartupArgs) -> anyhow::Result<()> {
+    let options = per_plugin::Options {
+        host: args.host,
+        plugins: args.plugins,
+        cold_starts: args.cold_starts,
+        warm_starts: args.starts,
+    };
+    // One thread: the host being timed gets the other cores.
+    until_interrupted(runtime(1)?, per_plugin::run(&options))
+}
+
+fn reload_command(args: ReloadArgs) -> anyhow::Result<()> {
+    let options = reload::Options { host: args.host, plugin_dir: args.plugin_dir, rounds: args.rounds };
+    // One thread for the prober and the swaps: the host gets the other cores.
+    until_interrupted(runtime(1)?, reload::run(&options))
+}
+
+/// Run `work` on `runtime`, or stop at Ctrl-C. Returning (also on Ctrl-C,
+/// which drops `work` mid-flight) drops the child servers, and dropping one
+/// kills it; the temp dirs go the same way.
+fn until_interrupted(
+    runtime: tokio::runtime::Runtime,
+    work: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    runtime.block_on(async {
         tokio::select! {
-            r = compare::run(&options) => r,
+            r = work => r,
             r = tokio::signal::ctrl_c() => {
                 r.context("cannot listen for Ctrl-C")?;
                 anyhow::bail!("interrupted")

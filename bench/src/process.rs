@@ -41,6 +41,13 @@ pub struct Log {
     pub first_warning: Option<String>,
     /// The last `stats ...` line (the host prints its counters on exit).
     pub stats: Option<String>,
+    /// One entry per `loaded plugin ... (compile cache hit|miss)` line: whether
+    /// that load came from the compile cache, so a benchmark can check that
+    /// a start or reload it calls warm (or cold) really was.
+    pub cache_hits: Vec<bool>,
+    /// What each `reloaded plugin ... in 4.9ms (...)` line says the reload
+    /// took inside the host, from reading the file to the swap.
+    pub reloads: Vec<Duration>,
     /// The last lines, for error messages.
     pub tail: VecDeque<String>,
     /// Stderr was closed: the child exited (or closed it).
@@ -66,6 +73,19 @@ impl Log {
         if let Some(i) = words.windows(2).position(|w| w[0] == "stats" && w[1].contains('=')) {
             self.stats = Some(words[i + 1..].join(" "));
         }
+        // `... loaded plugin echo version 1a2b from p.wasm in 4.1ms (compile cache hit)`;
+        // `reloaded`, a different word, starts the line that follows it on a reload.
+        if words.windows(2).any(|w| w == ["loaded", "plugin"])
+            && let [.., "cache", outcome] = words.as_slice()
+        {
+            self.cache_hits.push(*outcome == "hit)");
+        }
+        // `... reloaded plugin p.wasm: version 1a2b -> 3c4d in 4.9ms (FileChanged)`
+        if words.windows(2).any(|w| w == ["reloaded", "plugin"])
+            && let Some(took) = words.windows(2).rev().find(|w| w[0] == "in").and_then(|w| parse_debug_duration(w[1]))
+        {
+            self.reloads.push(took);
+        }
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
@@ -76,6 +96,23 @@ impl Log {
     pub fn tail_text(&self) -> String {
         self.tail.iter().map(|l| format!("\n    {l}")).collect()
     }
+}
+
+/// A duration as Rust's `{:?}` prints it (`4.9ms`, `9.4s`, `512.3µs`, `80ns`),
+/// which is how the host logs them.
+fn parse_debug_duration(s: &str) -> Option<Duration> {
+    let unit_at = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let value: f64 = s[..unit_at].parse().ok()?;
+    let nanos_per_unit = match &s[unit_at..] {
+        "s" => 1e9,
+        "ms" => 1e6,
+        "µs" | "us" => 1e3,
+        "ns" => 1.0,
+        _ => return None,
+    };
+    // In whole nanoseconds, so that `4.9ms` is exactly 4,900 µs. The value
+    // has no sign (only digits were parsed); `as` saturates a huge one.
+    Some(Duration::from_nanos((value * nanos_per_unit).round() as u64))
 }
 
 /// A running server.
@@ -136,6 +173,21 @@ impl ServerProcess {
         self.log.borrow().clone()
     }
 
+    /// Wait until what the child has logged satisfies `done`, for at most
+    /// `limit`, and return the log either way.
+    pub async fn wait_for_log(&self, limit: Duration, done: impl FnMut(&Log) -> bool) -> Log {
+        let mut log = self.log.clone();
+        let _ = tokio::time::timeout(limit, log.wait_for(done)).await;
+        self.log()
+    }
+
+    /// Return once the child has closed its stderr, which it does by exiting.
+    pub async fn exited(&self) {
+        let mut log = self.log.clone();
+        // An error means the log reader is gone, which it is only after stderr closed.
+        let _ = log.wait_for(|l| l.closed).await;
+    }
+
     /// Kill the child at once and wait for it to be gone.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
@@ -186,5 +238,26 @@ mod tests {
         assert_eq!(log.warnings, 1);
         assert!(log.first_warning.as_deref().unwrap().contains("request failed"));
         assert_eq!(log.stats.as_deref(), Some("requests=10 replies=9"));
+    }
+
+    #[test]
+    fn loads_and_reloads_are_kept() {
+        let mut log = Log::default();
+        log.push(
+            "INFO host::plugin::loader: loaded plugin echo version 1a2b from /t/p.wasm in 4.1ms (compile cache miss)"
+                .into(),
+        );
+        log.push(
+            "INFO host::plugin::loader: loaded plugin p version 3c4d from /t/p.wasm in 2.5ms (compile cache hit)"
+                .into(),
+        );
+        log.push("INFO host::reload: reloaded plugin /t/p.wasm: version 1a2b -> 3c4d in 4.9ms (FileChanged)".into());
+        log.push("INFO host::reload: reloaded plugin /t/p.wasm: version 3c4d -> 1a2b in 10.2s (FileChanged)".into());
+        assert_eq!(log.cache_hits, [false, true]);
+        assert_eq!(log.reloads, [Duration::from_micros(4_900), Duration::from_millis(10_200)]);
+        assert_eq!(parse_debug_duration("512.5µs"), Some(Duration::from_nanos(512_500)));
+        assert_eq!(parse_debug_duration("80ns"), Some(Duration::from_nanos(80)));
+        assert_eq!(parse_debug_duration("3 s"), None);
+        assert_eq!(parse_debug_duration("ms"), None);
     }
 }

@@ -13,10 +13,12 @@
 //! version: one line is logged and the host keeps serving the old one.
 //!
 //! Editors and `cp` write a file in several steps (truncate, write, write,
-//! rename). Events are debounced: a reload starts only once the file has been
-//! quiet for [`DEBOUNCE`]. A write that pauses longer than that is caught by
-//! validation (a partial component does not compile) and picked up again at
-//! its next event.
+//! rename). Events are debounced: a reload starts once the file has been
+//! quiet for [`DEBOUNCE`], or for only [`SETTLED_DEBOUNCE`] after an event
+//! that says the file is complete (renamed into place, or closed by its
+//! writer). A write that pauses longer than that is caught by validation (a
+//! partial component does not compile) and picked up again at its next
+//! event.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,16 +35,27 @@ use crate::stats::Stats;
 
 /// How long the plugin file must be quiet before a reload starts.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// The same after the file was renamed into place or closed by its writer:
+/// just long enough to take in the events that come with it.
+pub const SETTLED_DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Why a reload was asked for, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// The file changed on disk.
     FileChanged,
+    /// The file was renamed into place or closed after writing: complete.
+    FileSettled,
     /// SIGHUP.
     Signal,
     /// [`ReloadHandle::reload`].
     Api,
+}
+
+impl Trigger {
+    fn is_file_event(self) -> bool {
+        matches!(self, Trigger::FileChanged | Trigger::FileSettled)
+    }
 }
 
 /// Asks the reloader to reload; cheap to clone.
@@ -122,11 +135,16 @@ impl Reloader {
                     _ = shutdown.cancelled() => return,
                     t = rx.recv() => match t { Some(t) => t, None => return },
                 };
-                // Debounce: wait until no trigger has come for DEBOUNCE.
+                // Debounce: wait until no trigger has come for a while.
                 let mut trigger = first;
                 loop {
-                    match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                        Ok(Some(t)) => trigger = if t == Trigger::FileChanged { trigger } else { t },
+                    let quiet = if trigger == Trigger::FileChanged { DEBOUNCE } else { SETTLED_DEBOUNCE };
+                    match tokio::time::timeout(quiet, rx.recv()).await {
+                        // A file event does not override a signal or API call
+                        // (which retry a file that failed before).
+                        Ok(Some(t)) if t.is_file_event() && !trigger.is_file_event() => {}
+                        Ok(Some(t)) if t == Trigger::FileChanged && trigger == Trigger::FileSettled => {}
+                        Ok(Some(t)) => trigger = t,
                         Ok(None) => return,
                         Err(_) => break,
                     }
@@ -156,7 +174,7 @@ impl Reloader {
             return;
         }
         drop(current);
-        if self.last_failure.as_deref() == Some(digest.as_str()) && trigger == Trigger::FileChanged {
+        if self.last_failure.as_deref() == Some(digest.as_str()) && trigger.is_file_event() {
             return;
         }
         match self.loader.load_bytes(&self.path, bytes, &self.limits).await {
@@ -194,13 +212,18 @@ fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> anyhow::Result
     };
     let name = path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
         let Ok(event) = event else { return };
-        if event.kind.is_access() {
+        if !event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
             return;
         }
-        if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-            let _ = tx.send(Trigger::FileChanged);
-        }
+        let trigger = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => Trigger::FileSettled,
+            EventKind::Access(_) => return,
+            _ => Trigger::FileChanged,
+        };
+        let _ = tx.send(trigger);
     })
     .context("cannot start the file watcher")?;
     watcher
