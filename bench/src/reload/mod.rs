@@ -41,9 +41,9 @@ const SWAP_TIMEOUT: Duration = Duration::from_secs(120);
 const LOG_WAIT: Duration = Duration::from_secs(2);
 /// The old version serves this long between rounds.
 const PAUSE: Duration = Duration::from_millis(100);
-/// What the README says the host waits for before it reloads (the file
-/// must be quiet this long); the floor of every time here.
-const HOST_DEBOUNCE_MS: u32 = 150;
+/// How long the host waits after a rename into place before it reloads
+/// (`host::reload::SETTLED_DEBOUNCE`): the floor of every time here.
+const HOST_DEBOUNCE_MS: u128 = host::reload::SETTLED_DEBOUNCE.as_millis();
 
 /// Where the host and the plugins are, and how many rounds to time.
 #[derive(Debug, Clone)]
@@ -319,7 +319,8 @@ fn print_setup(options: &Options) {
         options.rounds
     );
     println!(
-        "- the host reloads once the file has been quiet for {HOST_DEBOUNCE_MS} ms; \"in the host\" is its own \
+        "- after a rename into place the host waits {HOST_DEBOUNCE_MS} ms for the events that come with it, then \
+         reloads; \"in the host\" is its own \
          reload time from its log (reading, compiling or loading from the cache, validating)\n"
     );
 }
