@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
 use crate::plugin::CallLimits;
-use crate::plugin::loader::{Loader, sha256_hex};
+use crate::plugin::loader::{Loader, PluginFile};
 use crate::stats::Stats;
 
 /// How long the plugin file must be quiet before a reload starts.
@@ -158,14 +158,14 @@ impl Reloader {
     /// Load the file and swap it in if it is a new, valid version.
     async fn reload(&mut self, trigger: Trigger) {
         let started = Instant::now();
-        let bytes = match tokio::fs::read(&self.path).await {
-            Ok(bytes) => bytes,
+        let file = match PluginFile::read(&self.path).await {
+            Ok(file) => file,
             Err(e) => {
                 self.failed(format!("cannot read {}: {e}", self.path.display()), None);
                 return;
             }
         };
-        let digest = sha256_hex(&bytes);
+        let digest = file.sha256.clone();
         let current = self.dispatcher.current();
         let old = current.plugin().info().version.clone();
         if current.plugin().info().sha256 == digest {
@@ -177,7 +177,7 @@ impl Reloader {
         if self.last_failure.as_deref() == Some(digest.as_str()) && trigger.is_file_event() {
             return;
         }
-        match self.loader.load_bytes(&self.path, bytes, &self.limits).await {
+        match self.loader.load_file(&self.path, file, &self.limits).await {
             Ok(plugin) => {
                 let new = plugin.info().version.clone();
                 self.dispatcher.swap(plugin);

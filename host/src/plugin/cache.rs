@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::loader::one_line;
+use super::loader::{hex, one_line};
 
 /// Compiled components on disk, keyed by the sha256 of the plugin file and
 /// the engine's compatibility hash (wasmtime version and settings).
@@ -23,12 +23,20 @@ use super::loader::one_line;
 #[derive(Clone, Debug)]
 pub struct CompileCache {
     dir: PathBuf,
+    /// A stable hash of wasmtime's compatibility hash for the engine (its
+    /// version and every setting that changes the compiled code, such as
+    /// `--max-memory`): part of every entry's name.
+    engine_key: String,
 }
 
 impl CompileCache {
-    /// A cache in `dir` (created on first use).
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    /// A cache in `dir` (created on first use) for code compiled by `engine`.
+    pub fn new(dir: PathBuf, engine: &Engine) -> Self {
+        use std::hash::Hash as _;
+        let mut h = Sha256Hasher(sha2::Sha256::default());
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let engine_key = hex(&sha2::Digest::finalize(h.0)[..8]);
+        Self { dir, engine_key }
     }
 
     /// The default location: `$XDG_CACHE_HOME/wasm-sockets-host` or
@@ -40,15 +48,9 @@ impl CompileCache {
         Some(base.join("wasm-sockets-host"))
     }
 
-    /// `<sha256 of the plugin>-<engine>.cwasm`, where `<engine>` is a stable
-    /// hash of wasmtime's compatibility hash (its version and every setting
-    /// that changes the compiled code, such as `--max-memory`).
-    fn file(&self, engine: &Engine, digest: &str) -> PathBuf {
-        use std::hash::Hash as _;
-        let mut h = Sha256Hasher(sha2::Sha256::default());
-        engine.precompile_compatibility_hash().hash(&mut h);
-        let engine_hash: String = sha2::Digest::finalize(h.0)[..8].iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("{digest}-{engine_hash}.cwasm"))
+    /// `<sha256 of the plugin>-<engine key>.cwasm`.
+    fn file(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
     }
 
     fn safe_dir(&self) -> bool {
@@ -60,7 +62,7 @@ impl CompileCache {
     }
 
     pub(crate) fn get(&self, engine: &Engine, digest: &str) -> Option<Component> {
-        let file = self.file(engine, digest);
+        let file = self.file(digest);
         if !file.exists() || !self.safe_dir() {
             return None;
         }
@@ -76,7 +78,7 @@ impl CompileCache {
         }
     }
 
-    pub(crate) fn put(&self, engine: &Engine, digest: &str, component: &Component) {
+    pub(crate) fn put(&self, digest: &str, component: &Component) {
         let result = (|| -> anyhow::Result<()> {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
@@ -84,7 +86,7 @@ impl CompileCache {
             let bytes = component.serialize()?;
             let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
             tmp.write_all(&bytes)?;
-            tmp.persist(self.file(engine, digest))?;
+            tmp.persist(self.file(digest))?;
             Ok(())
         })();
         if let Err(e) = result {

@@ -89,7 +89,7 @@ impl Loader {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::add_log_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let cache = cache_dir.map(CompileCache::new);
+        let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
         Ok(Self { engine, linker, cache, stats })
     }
 
@@ -100,12 +100,13 @@ impl Loader {
 
     /// Load `path`: read, compile off the async threads, link, and validate.
     pub async fn load(&self, path: &Path, limits: &CallLimits) -> Result<Plugin, LoadError> {
-        let bytes = tokio::fs::read(path).await.map_err(|cause| LoadError::Read { path: path.into(), cause })?;
-        self.load_bytes(path, bytes, limits).await
+        let file = PluginFile::read(path).await.map_err(|cause| LoadError::Read { path: path.into(), cause })?;
+        self.load_file(path, file, limits).await
     }
 
     /// Load a plugin whose bytes were already read from `path`.
-    pub async fn load_bytes(&self, path: &Path, bytes: Vec<u8>, limits: &CallLimits) -> Result<Plugin, LoadError> {
+    pub async fn load_file(&self, path: &Path, file: PluginFile, limits: &CallLimits) -> Result<Plugin, LoadError> {
+        let PluginFile { bytes, sha256: digest } = file;
         let p = || path.to_path_buf();
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
@@ -115,7 +116,6 @@ impl Loader {
             _ => return Err(LoadError::NotWasm { path: p() }),
         }
         let started = std::time::Instant::now();
-        let digest = sha256_hex(&bytes);
         let info = Arc::new(PluginInfo {
             name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             version: digest[..12].to_string(),
@@ -183,15 +183,40 @@ fn compile(
     }
     let component = Component::from_binary(engine, bytes)?;
     if let Some(cache) = cache {
-        cache.put(engine, digest, &component);
+        cache.put(digest, &component);
     }
     Ok((component, false))
 }
 
-/// The sha256 of `bytes` in lower-case hex: a plugin version's identity.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+/// A plugin file's bytes and their sha256, the version's identity.
+#[derive(Debug)]
+pub struct PluginFile {
+    /// The file's contents.
+    pub bytes: Vec<u8>,
+    /// The sha256 of `bytes`, in lower-case hex.
+    pub sha256: String,
+}
+
+impl PluginFile {
+    /// Read and hash `path` on a blocking thread: hashing a Python or
+    /// JavaScript plugin (12-18 MB) takes milliseconds that must not be
+    /// taken from the threads serving requests.
+    pub async fn read(path: &Path) -> std::io::Result<PluginFile> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path)?;
+            let sha256 = hex(&Sha256::digest(&bytes));
+            Ok(PluginFile { bytes, sha256 })
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// `bytes` in lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
+    bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     })
