@@ -206,18 +206,25 @@ impl Dispatcher {
     /// The largest reply `req` may get: `--max-reply`, and for UDP also the
     /// datagram limit and the amplification cap.
     fn reply_cap(&self, req: &Request<'_>) -> usize {
+        let max = self.max_reply(req.transport);
         match req.transport {
+            Transport::Udp if self.max_amplification > 0 => {
+                max.min(amplification_cap(req.payload.len(), self.max_amplification))
+            }
+            _ => max,
+        }
+    }
+
+    /// `--max-reply` for `transport` (UDP: never above one datagram).
+    fn max_reply(&self, transport: Transport) -> usize {
+        match transport {
+            Transport::Udp => self.max_reply_udp,
             Transport::Tcp => self.max_reply_tcp,
-            Transport::Udp if self.max_amplification == 0 => self.max_reply_udp,
-            Transport::Udp => self.max_reply_udp.min(amplification_cap(req.payload.len(), self.max_amplification)),
         }
     }
 
     fn why_too_large(&self, req: &Request<'_>, len: usize) -> String {
-        let max = match req.transport {
-            Transport::Udp => self.max_reply_udp,
-            Transport::Tcp => self.max_reply_tcp,
-        };
+        let max = self.max_reply(req.transport);
         if len > max {
             format!("over the limit of {max} bytes (--max-reply)")
         } else {

@@ -132,7 +132,7 @@ async fn connection(
         // The frames of one read run one after another in one session, so
         // in reuse mode they share an instance without touching the pool.
         let mut session = shared.dispatcher.session();
-        let (mut frames, mut replies) = (0, 0);
+        let (mut frames, mut replies, mut failed) = (0, 0, false);
         loop {
             let frame = if eof { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
             let frame = match frame.map_err(|e| closed_by_host(e.into()))? {
@@ -148,11 +148,10 @@ async fn connection(
                 }
                 Outcome::NoReply => {}
                 Outcome::Failed => {
-                    // Replies to earlier frames of this read still go out.
-                    drop(session);
-                    stream.write_all(&out).await?;
-                    shared.dispatcher.stats().replies.fetch_add(replies, std::sync::atomic::Ordering::Relaxed);
-                    return Err(closed_by_host(ConnError::RequestFailed));
+                    // Replies to earlier frames of this read still go out
+                    // (below); then the connection is closed.
+                    failed = true;
+                    break;
                 }
             }
             if raw {
@@ -174,6 +173,9 @@ async fn connection(
             if out.capacity() > READ_CHUNK {
                 out = Vec::new();
             }
+        }
+        if failed {
+            return Err(closed_by_host(ConnError::RequestFailed));
         }
         if eof {
             return Ok(());
