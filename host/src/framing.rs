@@ -246,26 +246,10 @@ mod tests {
 
     /// Feed `stream` to a decoder in reads of the given sizes; collect frames.
     fn feed(framing: Framing, max: usize, stream: &[u8], reads: &[usize]) -> Result<Vec<Vec<u8>>, FrameError> {
-        let mut dec = Decoder::new(framing, max);
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        let mut rest = stream;
+        // The fuzz target's reader, which also checks its invariants.
         let mut sizes = reads.iter().cycle();
-        while !rest.is_empty() {
-            let n = (*sizes.next().unwrap()).clamp(1, rest.len());
-            buf.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            while let Some(f) = dec.decode(&mut buf)? {
-                frames.push(f.to_vec());
-                if framing == Framing::Raw {
-                    break;
-                }
-            }
-        }
-        while let Some(f) = dec.decode_eof(&mut buf)? {
-            frames.push(f.to_vec());
-        }
-        Ok(frames)
+        let frames = fuzz_feed(framing, max, stream, &mut || (*sizes.next().unwrap()).max(1))?;
+        Ok(frames.iter().map(|f| f.to_vec()).collect())
     }
 
     fn encoded(framing: Framing, payloads: &[&[u8]]) -> Vec<u8> {
