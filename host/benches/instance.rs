@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use host::plugin::CallLimits;
+use host::plugin::admission::Admission;
 use host::plugin::engine::{EngineLimits, EpochTicker, new_engine};
 use host::plugin::loader::Loader;
-use host::plugin::{CallLimits, RequestRef, Transport};
+use host::{Request, Transport};
 
 fn plugin_path(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(format!("{name}.wasm"));
@@ -26,12 +28,16 @@ fn plugin_path(name: &str) -> PathBuf {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let limits = CallLimits { timeout: Duration::from_millis(500), max_memory: 64 << 20, fuel: None };
-    let engine = new_engine(EngineLimits { max_memory: limits.max_memory, max_instances: 100, fuel: false }).unwrap();
+    let engine_limits = EngineLimits { max_memory: limits.max_memory, max_instances: 100, fuel: false };
+    let engine = new_engine(engine_limits).unwrap();
     let _ticker = EpochTicker::start(&engine).unwrap();
-    let loader = Loader::new(engine, None, Arc::new(host::Stats::default())).unwrap();
-    let payload = [b'x'; 64];
-    let req =
-        RequestRef { transport: Transport::Udp, peer: "127.0.0.1:40000", local: "127.0.0.1:7000", payload: &payload };
+    let loader = Loader::new(engine, Admission::new(&engine_limits), None, Arc::new(host::Stats::default())).unwrap();
+    let req = Request {
+        transport: Transport::Udp,
+        peer: "127.0.0.1:40000".parse().unwrap(),
+        local: "127.0.0.1:7000".parse().unwrap(),
+        payload: bytes::Bytes::from(vec![b'x'; 64]),
+    };
 
     for name in ["echo", "upper"] {
         let plugin = rt.block_on(loader.load(&plugin_path(name), &limits)).unwrap();
@@ -39,13 +45,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 rt.block_on(async {
                     let mut instance = plugin.instantiate(&limits).await.unwrap();
-                    instance.call(req, &limits, 1 << 20).await.unwrap().unwrap()
+                    instance.call(&req, &limits, 1 << 20).await.unwrap().unwrap()
                 })
             })
         });
         let mut instance = rt.block_on(plugin.instantiate(&limits)).unwrap();
         c.bench_function(&format!("{name}/reused: call"), |b| {
-            b.iter(|| rt.block_on(instance.call(req, &limits, 1 << 20)).unwrap().unwrap())
+            b.iter(|| rt.block_on(instance.call(&req, &limits, 1 << 20)).unwrap().unwrap())
         });
     }
 }

@@ -84,7 +84,8 @@ pub struct Config {
     #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_REPLY, value_parser = parse_bytes)]
     pub max_reply: usize,
 
-    /// Most TCP connections open at once; further ones wait in the backlog.
+    /// Most TCP connections open at once, over every TCP address of the
+    /// host together; further ones wait in the kernel's backlog.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
@@ -142,8 +143,8 @@ pub struct Config {
 impl Config {
     /// The (transport, address) pairs to bind, in the order given, with the
     /// default address when none was given.
-    pub fn bind_list(&self) -> Vec<(crate::Transport, SocketAddr)> {
-        use crate::Transport::{Tcp, Udp};
+    pub fn bind_list(&self) -> Vec<(crate::request::Transport, SocketAddr)> {
+        use crate::request::Transport::{Tcp, Udp};
         let mut out = Vec::new();
         let default: Vec<SocketAddr>;
         let listen = if self.listen.is_empty() && self.udp.is_empty() && self.tcp.is_empty() {
@@ -166,16 +167,17 @@ impl Config {
         if self.no_cache {
             return None;
         }
-        self.cache_dir.clone().or_else(crate::plugin::cache::CompileCache::default_dir)
+        self.cache_dir.clone().or_else(default_cache_dir)
     }
+}
 
-    /// The effective reply cap for one transport.
-    pub fn max_reply_for(&self, transport: crate::Transport) -> usize {
-        match transport {
-            crate::Transport::Udp => self.max_reply.min(MAX_UDP_PAYLOAD),
-            crate::Transport::Tcp => self.max_reply,
-        }
-    }
+/// The default compile cache: `$XDG_CACHE_HOME/wasm-sockets-host` or
+/// `~/.cache/wasm-sockets-host`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("wasm-sockets-host"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -211,7 +213,7 @@ mod tests {
         let c = parse(&["--udp", "127.0.0.1:0", "--tcp", "[::1]:0"]);
         let list = c.bind_list();
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].0, crate::Transport::Udp);
+        assert_eq!(list[0].0, crate::request::Transport::Udp);
         assert_eq!(list[1].1.to_string(), "[::1]:0");
     }
 
@@ -222,12 +224,5 @@ mod tests {
         assert_eq!(c.max_request, 512);
         assert_eq!(c.timeout, Duration::from_secs(2));
         assert!(Config::try_parse_from(["host", "--plugin", "p", "--timeout", "soon"]).is_err());
-    }
-
-    #[test]
-    fn udp_replies_never_exceed_a_datagram() {
-        let c = parse(&["--max-reply", "10MiB"]);
-        assert_eq!(c.max_reply_for(crate::Transport::Udp), MAX_UDP_PAYLOAD);
-        assert_eq!(c.max_reply_for(crate::Transport::Tcp), 10 << 20);
     }
 }

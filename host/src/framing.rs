@@ -22,6 +22,27 @@ pub enum Framing {
     Raw,
 }
 
+impl Framing {
+    /// The largest payload this framing can carry in one frame, if it has a
+    /// length prefix.
+    pub fn max_payload(self) -> Option<usize> {
+        match self {
+            Framing::U16 => Some(u16::MAX as usize),
+            Framing::U32 => Some(u32::MAX as usize),
+            Framing::Lines | Framing::Raw => None,
+        }
+    }
+
+    /// How the length prefix is named in messages.
+    pub fn prefix_name(self) -> &'static str {
+        match self {
+            Framing::U16 => "a u16 length prefix",
+            Framing::U32 => "a u32 length prefix",
+            Framing::Lines | Framing::Raw => "no length prefix",
+        }
+    }
+}
+
 /// Why a stream cannot be framed. The connection is closed on any of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -59,6 +80,11 @@ impl Decoder {
     /// A decoder for `framing` that rejects frames longer than `max` bytes.
     pub fn new(framing: Framing, max: usize) -> Self {
         Self { framing, max, scanned: 0 }
+    }
+
+    /// The largest frame it accepts.
+    pub fn max(&self) -> usize {
+        self.max
     }
 
     /// The framing this decoder implements.
@@ -140,26 +166,46 @@ impl Decoder {
 
 /// Append `payload` to `out` with the framing `framing` adds to replies.
 pub fn encode(framing: Framing, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
-    let too_long = || FrameError::ReplyTooLong { len: payload.len(), framing };
-    match framing {
-        Framing::Lines => {
-            out.reserve(payload.len() + 1);
-            out.extend_from_slice(payload);
-            out.push(b'\n');
-        }
-        Framing::U16 => {
-            let len = u16::try_from(payload.len()).map_err(|_| too_long())?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(payload);
-        }
-        Framing::U32 => {
-            let len = u32::try_from(payload.len()).map_err(|_| too_long())?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(payload);
-        }
-        Framing::Raw => out.extend_from_slice(payload),
-    }
+    let (prefix, suffix) = envelope(framing, payload.len())?;
+    out.reserve(prefix.len() + payload.len() + suffix.len());
+    out.extend_from_slice(&prefix);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(suffix);
     Ok(())
+}
+
+/// What the framing puts before and after a reply of `len` bytes: so a big
+/// reply can be written around, without copying it into an output buffer.
+pub fn envelope(framing: Framing, len: usize) -> Result<(Prefix, &'static [u8]), FrameError> {
+    let too_long = || FrameError::ReplyTooLong { len, framing };
+    Ok(match framing {
+        Framing::Lines => (Prefix::default(), b"\n"),
+        Framing::U16 => (Prefix::new(&u16::try_from(len).map_err(|_| too_long())?.to_be_bytes()), b""),
+        Framing::U32 => (Prefix::new(&u32::try_from(len).map_err(|_| too_long())?.to_be_bytes()), b""),
+        Framing::Raw => (Prefix::default(), b""),
+    })
+}
+
+/// A length prefix of up to four bytes, on the stack.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Prefix {
+    bytes: [u8; 4],
+    len: usize,
+}
+
+impl Prefix {
+    fn new(bytes: &[u8]) -> Self {
+        let mut prefix = Prefix { bytes: [0; 4], len: bytes.len() };
+        prefix.bytes[..bytes.len()].copy_from_slice(bytes);
+        prefix
+    }
+}
+
+impl std::ops::Deref for Prefix {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// The framing overhead `encode` adds to a reply.

@@ -2,7 +2,8 @@
 //!
 //! The data path, one module per stage:
 //!
-//! - [`listener`]: the UDP sockets and TCP listeners the host owns, and their
+//! - [`request`]: what a request is (a leaf module every stage uses).
+//! - `listener`: the UDP sockets and TCP listeners the host owns, and their
 //!   receive and accept loops (`listener/udp.rs`, `listener/tcp.rs`).
 //! - [`framing`]: TCP bytes to frames and back (pure code, no I/O).
 //! - [`dispatch`]: picks the current plugin version, applies the limits,
@@ -12,7 +13,8 @@
 //! - [`reload`]: hot reload on a file change or SIGHUP.
 //! - [`config`]: every command-line flag and default.
 //! - [`stats`]: counters of what happened.
-//! - `ratelimit`: log lines a peer can trigger are rate-limited per call site.
+//! - `ratelimit`: log lines a peer can trigger are rate-limited per call site,
+//!   and a plugin's own lines per plugin version.
 //!
 //! [`run`] ties them together; the `host` binary only parses arguments and
 //! calls it, and the tests call it the same way.
@@ -25,22 +27,23 @@ mod listener;
 pub mod plugin;
 mod ratelimit;
 pub mod reload;
+pub mod request;
 pub mod stats;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
-pub use plugin::Transport;
+pub use request::{Request, Transport};
 pub use stats::{Snapshot, Stats};
 
 use dispatch::Dispatcher;
-use listener::{Bound, Shared};
+use listener::{Bound, ListenerContext};
+use plugin::admission::Admission;
 use plugin::engine::{EngineLimits, EpochTicker, new_engine};
 use plugin::loader::Loader;
 use reload::{ReloadHandle, Reloader};
@@ -60,21 +63,25 @@ impl Server {
     /// the file or address, if either cannot be done.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         // Bind first: an address in use is reported at once, not after a
-        // plugin has compiled for seconds. Until serving starts, datagrams
-        // and connections wait in the kernel's queues.
+        // plugin has compiled for seconds. Until serving starts, TCP is not
+        // listening (connections are refused) and datagrams wait in the
+        // kernel's queue.
         let mut bound = Vec::new();
         let workers = config.workers.unwrap_or_else(default_workers);
         for (transport, addr) in config.bind_list() {
-            bound.push(listener::bind(transport, addr, workers)?);
+            let b = listener::bind(transport, addr, workers)?;
+            tracing::info!("bound {transport} {}; serving once the plugin is loaded", b.local_addr());
+            bound.push(b);
         }
         let stats = Arc::new(Stats::default());
-        let engine = new_engine(EngineLimits {
+        let limits = EngineLimits {
             max_memory: config.max_memory,
             max_instances: config.max_instances,
             fuel: config.fuel.is_some(),
-        })?;
+        };
+        let engine = new_engine(limits)?;
         let ticker = EpochTicker::start(&engine)?;
-        let loader = Arc::new(Loader::new(engine, config.cache_dir(), stats.clone())?);
+        let loader = Arc::new(Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone())?);
         let plugin = loader.load(&config.plugin, &dispatch::call_limits(&config)).await?;
         let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
         let reloader = Reloader::new(config.plugin.clone(), loader, dispatcher.clone(), stats.clone());
@@ -83,7 +90,7 @@ impl Server {
 
     /// The bound addresses, with any port 0 resolved.
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
-        self.bound.iter().filter_map(|b| Some((b.transport(), b.local_addr().ok()?))).collect()
+        self.bound.iter().map(|b| (b.transport(), b.local_addr())).collect()
     }
 
     /// The counters.
@@ -107,28 +114,14 @@ impl Server {
         let reload_task = reloader.start(!config.no_watch, token.clone())?;
         let reload_task = tokio::spawn(reload_task);
         let stats_task = tokio::spawn(dump_stats_on_sigusr1(stats.clone(), token.clone()));
-        let shared = Arc::new(Shared {
-            dispatcher,
-            framing: config.framing,
-            max_request: config.max_request,
-            max_connections: config.max_connections,
-            idle_timeout: config.idle_timeout,
-        });
+        let expiry_task = tokio::spawn(expire_idle_instances(dispatcher.clone(), config.instance_reuse, token.clone()));
         let tracker = TaskTracker::new();
+        let ctx = Arc::new(ListenerContext::new(&config, dispatcher.clone(), tracker.clone()));
         for b in bound {
-            let addr = b.local_addr().context("bound socket has no address")?;
-            // One parseable line per listener, e.g. `listening udp 127.0.0.1:7000`.
-            tracing::info!("listening {} {addr}", b.transport());
-            let (shared, token) = (shared.clone(), token.clone());
-            match b {
-                Bound::Udp(sockets) => {
-                    tracker.spawn(listener::udp::serve(sockets, shared, token));
-                }
-                Bound::Tcp(l) => {
-                    tracker.spawn(listener::tcp::serve(l, shared, token, tracker.clone()));
-                }
-            }
+            b.serve(&ctx, token.clone())?;
         }
+        let info = dispatcher.versions().current().plugin().info().clone();
+        tracing::info!("ready: serving plugin {} version {}", info.name, info.version);
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests for up to {:?}", config.drain_timeout);
         token.cancel();
@@ -136,7 +129,10 @@ impl Server {
         if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
             tracing::warn!("drain timeout: {} tasks still running are abandoned", tracker.len());
         }
-        let _ = tokio::join!(reload_task, stats_task);
+        // The reload task ends at `token`, abandoning a compile in progress;
+        // aborting it too means no reload can hold up the exit.
+        reload_task.abort();
+        let _ = tokio::join!(reload_task, stats_task, expiry_task);
         let snapshot = stats.snapshot();
         tracing::info!("stats {snapshot}");
         Ok(snapshot)
@@ -156,6 +152,20 @@ async fn dump_stats_on_sigusr1(stats: Arc<Stats>, shutdown: CancellationToken) {
             s = usr1.recv() => if s.is_none() { return },
         }
         tracing::info!("stats {}", stats.snapshot());
+    }
+}
+
+/// In reuse mode, drop instances that have waited too long for a request.
+async fn expire_idle_instances(dispatcher: Arc<Dispatcher>, reuse: u64, shutdown: CancellationToken) {
+    if reuse <= 1 {
+        return;
+    }
+    let mut tick = tokio::time::interval(dispatch::version::IDLE_INSTANCE_TTL / 2);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => dispatcher.expire_idle(),
+        }
     }
 }
 

@@ -19,9 +19,19 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(), // --help, --version
     };
+    // Log lines go through a bounded queue to a thread that writes them to
+    // stderr, so that a worker thread never blocks on a slow or full stderr;
+    // when the queue is full, lines are dropped (lossy). Dropping the guard
+    // writes out the queue: it lives until the end of `main`, and is dropped
+    // before an error is printed so that the error comes last.
+    let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("host-log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
@@ -43,6 +53,7 @@ fn main() -> ExitCode {
         }
         Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
     };
+    drop(log_guard);
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -51,6 +62,12 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Log lines waiting to be written to stderr, at most. Lines are short but
+/// may carry a plugin's message (up to 4 KiB): this bounds the queue to a
+/// few MiB, 32 MiB in the worst case (tracing-appender's default, 128,000
+/// lines, would allow 500 MiB).
+const LOG_QUEUE_LINES: usize = 8 << 10;
 
 /// Native stack of each worker thread.
 const WORKER_STACK: usize = host::plugin::engine::MAX_WASM_STACK + (4 << 20);

@@ -1,12 +1,13 @@
 //! Hot reload: replace the plugin while traffic flows.
 //!
-//! Triggers: a change to the plugin file (watched with `notify`), SIGHUP, or
-//! [`ReloadHandle::reload`]. A reload reads the file, compiles it off the
-//! request path (or takes it from the compile cache), links and validates it,
-//! and only then swaps it in with one atomic pointer swap
-//! ([`Dispatcher::swap`]). Requests already running finish on the version
-//! they started with; open TCP connections stay open and their next frames go
-//! to the new version.
+//! Triggers: a change to the plugin file, watched with `notify` through any
+//! symlinks on its path (a Kubernetes ConfigMap swap included; see
+//! `reload/watch.rs`), SIGHUP, or [`ReloadHandle::reload`]. A reload reads
+//! the file, compiles it off the request path (or takes it from the compile
+//! cache), links and validates it, and only then swaps it in with one atomic
+//! pointer swap ([`Versions::swap`](crate::dispatch::Versions::swap)).
+//! Requests already running finish on the version they started with; open
+//! TCP connections stay open and their next frames go to the new version.
 //!
 //! A file that cannot be read, is truncated or half-written, is not a
 //! component, or does not implement the world never replaces the working
@@ -19,12 +20,19 @@
 //! writer). A write that pauses longer than that is caught by validation (a
 //! partial component does not compile) and picked up again at its next
 //! event.
+//!
+//! Shutdown does not wait for a reload: a cold compile of a Python or
+//! JavaScript plugin takes seconds, longer than `--drain-timeout`. The
+//! reload in progress is dropped (the compile itself runs on a blocking
+//! thread, which the binary does not wait for at exit) and the old version
+//! stays in place until the end.
 
-use std::path::{Path, PathBuf};
+mod watch;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +40,7 @@ use crate::dispatch::Dispatcher;
 use crate::plugin::CallLimits;
 use crate::plugin::loader::{Loader, PluginFile};
 use crate::stats::Stats;
+use watch::FileWatch;
 
 /// How long the plugin file must be quiet before a reload starts.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -102,10 +111,15 @@ impl Reloader {
         shutdown: CancellationToken,
     ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
         let tx = self.tx.clone();
-        let watcher = if watch { Some(watch_file(&self.path, tx.clone())?) } else { None };
+        let watch = if watch {
+            Some(FileWatch::start(&self.path)?)
+        } else {
+            tracing::info!("not watching {} (--no-watch): SIGHUP reloads it", self.path.display());
+            None
+        };
         let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let rx = std::mem::replace(&mut self.rx, mpsc::unbounded_channel().1);
-        Ok(self.run(rx, tx, sighup, watcher, shutdown))
+        Ok(self.run(rx, tx, sighup, watch, shutdown))
     }
 
     async fn run(
@@ -113,9 +127,17 @@ impl Reloader {
         mut rx: mpsc::UnboundedReceiver<Trigger>,
         tx: mpsc::UnboundedSender<Trigger>,
         mut sighup: tokio::signal::unix::Signal,
-        _watcher: Option<notify::RecommendedWatcher>,
+        watch: Option<FileWatch>,
         shutdown: CancellationToken,
     ) {
+        let changes = {
+            let (tx, shutdown) = (tx.clone(), shutdown.clone());
+            async move {
+                if let Some(watch) = watch {
+                    watch.run(tx, shutdown).await;
+                }
+            }
+        };
         // SIGHUP is turned into a trigger like the others.
         let signals = {
             let shutdown = shutdown.clone();
@@ -131,28 +153,24 @@ impl Reloader {
         };
         let reloads = async {
             loop {
-                let first = tokio::select! {
+                let trigger = tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
-                    t = rx.recv() => match t { Some(t) => t, None => return },
+                    trigger = debounced(&mut rx) => match trigger {
+                        Some(trigger) => trigger,
+                        None => return,
+                    },
                 };
-                // Debounce: wait until no trigger has come for a while.
-                let mut trigger = first;
-                loop {
-                    let quiet = if trigger == Trigger::FileChanged { DEBOUNCE } else { SETTLED_DEBOUNCE };
-                    match tokio::time::timeout(quiet, rx.recv()).await {
-                        // A file event does not override a signal or API call
-                        // (which retry a file that failed before).
-                        Ok(Some(t)) if t.is_file_event() && !trigger.is_file_event() => {}
-                        Ok(Some(t)) if t == Trigger::FileChanged && trigger == Trigger::FileSettled => {}
-                        Ok(Some(t)) => trigger = t,
-                        Ok(None) => return,
-                        Err(_) => break,
-                    }
+                // Shutdown abandons a reload in progress (see the module
+                // doc). `biased`: once it has begun, nothing is swapped in.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    () = self.reload(trigger) => {}
                 }
-                self.reload(trigger).await;
             }
         };
-        tokio::join!(signals, reloads);
+        tokio::join!(changes, signals, reloads);
     }
 
     /// Load the file and swap it in if it is a new, valid version.
@@ -166,11 +184,16 @@ impl Reloader {
             }
         };
         let digest = file.sha256.clone();
-        let current = self.dispatcher.current();
+        let current = self.dispatcher.versions().current();
         let old = current.plugin().info().version.clone();
         if current.plugin().info().sha256 == digest {
-            // Touched, or SIGHUP with no change: nothing to do.
-            tracing::debug!(path = %self.path.display(), "reload: version {old} unchanged");
+            // Touched, or SIGHUP with no change: nothing to do. An operator
+            // who sent SIGHUP is told; a file event is routine.
+            if trigger.is_file_event() {
+                tracing::debug!("reload ({trigger:?}): {} unchanged, still version {old}", self.path.display());
+            } else {
+                tracing::info!("reload ({trigger:?}): {} unchanged, still version {old}", self.path.display());
+            }
             return;
         }
         drop(current);
@@ -180,7 +203,7 @@ impl Reloader {
         match self.loader.load_file(&self.path, file, &self.limits).await {
             Ok(plugin) => {
                 let new = plugin.info().version.clone();
-                self.dispatcher.swap(plugin);
+                self.dispatcher.versions().swap(plugin);
                 self.last_failure = None;
                 Stats::incr(&self.stats.reloads);
                 tracing::info!(
@@ -195,39 +218,26 @@ impl Reloader {
 
     fn failed(&mut self, why: String, digest: Option<String>) {
         Stats::incr(&self.stats.reload_failures);
-        let version = self.dispatcher.current().plugin().info().version.clone();
+        let version = self.dispatcher.versions().current().plugin().info().version.clone();
         tracing::warn!("reload failed, still serving version {version}: {why}");
         self.last_failure = digest;
     }
 }
 
-/// Watch the directory of `path` (not the file itself: editors and `mv`
-/// replace the file, which would end a watch on it) and send a trigger for
-/// every event that names the file.
-fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Trigger>) -> anyhow::Result<notify::RecommendedWatcher> {
-    use anyhow::Context as _;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_owned());
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
-        let Ok(event) = event else { return };
-        if !event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-            return;
+/// The next trigger, once triggers have stopped for a while (see
+/// [`DEBOUNCE`]); `None` when every sender is gone.
+async fn debounced(rx: &mut mpsc::UnboundedReceiver<Trigger>) -> Option<Trigger> {
+    let mut trigger = rx.recv().await?;
+    loop {
+        let quiet = if trigger == Trigger::FileChanged { DEBOUNCE } else { SETTLED_DEBOUNCE };
+        match tokio::time::timeout(quiet, rx.recv()).await {
+            // A file event does not override a signal or API call
+            // (which retry a file that failed before).
+            Ok(Some(t)) if t.is_file_event() && !trigger.is_file_event() => {}
+            Ok(Some(t)) if t == Trigger::FileChanged && trigger == Trigger::FileSettled => {}
+            Ok(Some(t)) => trigger = t,
+            Ok(None) => return None,
+            Err(_) => return Some(trigger),
         }
-        let trigger = match event.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => Trigger::FileSettled,
-            EventKind::Access(_) => return,
-            _ => Trigger::FileChanged,
-        };
-        let _ = tx.send(trigger);
-    })
-    .context("cannot start the file watcher")?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .with_context(|| format!("cannot watch {} for plugin changes", dir.display()))?;
-    Ok(watcher)
+    }
 }

@@ -53,12 +53,20 @@ counters! {
     timeouts,
     /// Replies not sent because they exceeded `--max-reply` or the amplification cap.
     replies_dropped,
-    /// Datagrams dropped before the plugin saw them (over `--max-request`).
+    /// Requests dropped before the plugin saw them: a datagram over
+    /// `--max-request`, or a slow UDP request over the per-socket limit.
     requests_dropped,
+    /// UDP replies the kernel refused to send (e.g. the peer's port is unreachable).
+    udp_send_errors,
     /// TCP connections accepted.
     connections,
-    /// TCP connections closed by the host for a framing error or idle timeout.
+    /// TCP connections closed by the host: a framing error, idle timeout,
+    /// or a request that failed.
     connections_closed_by_host,
+    /// TCP connections that ended, for any reason.
+    connections_closed,
+    /// Idle instances dropped after waiting too long for reuse (`--instance-reuse`).
+    instances_expired,
     /// Plugin versions swapped in by a reload.
     reloads,
     /// Reloads refused because the new file was not a valid plugin.

@@ -32,7 +32,7 @@ fn plugin_sees_transport_and_runs_for_every_request() {
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"abc"), b"ABC\n");
     // `ok(none)`: no reply for an empty payload, and the connection stays open.
-    assert_eq!(udp_exchange(host.udp(), b"", Duration::from_millis(300)), None);
+    host.assert_no_udp_reply(b"", &["no_reply"]);
     s.write_all(b"\nxyz\n").unwrap();
     assert_eq!(read_line(&mut s), b"XYZ\n");
 }
@@ -47,27 +47,6 @@ fn udp_only_and_tcp_only_flags() {
     assert_eq!(udp_roundtrip(host.udp(), b"u"), b"u");
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"t"), b"t\n");
-}
-
-/// Frames encoded for `framing`.
-fn frame(framing: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    match framing {
-        "lines" => {
-            out.extend_from_slice(payload);
-            out.push(b'\n');
-        }
-        "u16" => {
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-            out.extend_from_slice(payload);
-        }
-        "u32" => {
-            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            out.extend_from_slice(payload);
-        }
-        _ => out.extend_from_slice(payload),
-    }
-    out
 }
 
 #[test]
@@ -179,7 +158,7 @@ fn fifty_connections_times_a_hundred_frames() {
 fn a_trap_costs_one_request_not_the_host() {
     let host = Host::start(&["--plugin", &plugin("hostile").display().to_string(), "--listen", "127.0.0.1:0"]);
     // UDP: the trapping request gets no reply, the next one does.
-    assert_eq!(udp_exchange(host.udp(), b"panic", Duration::from_millis(500)), None);
+    host.assert_no_udp_reply(b"panic", &["traps"]);
     assert_eq!(udp_roundtrip(host.udp(), b"fine"), b"fine");
     // TCP: the connection that trapped is closed, after earlier replies.
     let mut s = tcp_connect(host.tcp());
@@ -192,16 +171,73 @@ fn a_trap_costs_one_request_not_the_host() {
     assert!(host.logs.wait_for("request failed", 2, REPLY_TIMEOUT) >= 2);
 }
 
+/// The TCP policy, the same for every framing: `ok(none)` sends nothing
+/// and keeps the connection; `err` is logged, and the connection is closed
+/// after the replies to earlier frames (a pipelining peer would otherwise
+/// pair every later reply with the wrong request).
 #[test]
-fn plugin_errors_are_logged_and_the_connection_stays_open() {
+fn tcp_policy_for_no_reply_and_plugin_errors() {
+    let hostile = plugin("hostile").display().to_string();
+    for framing in ["lines", "u16", "u32", "raw"] {
+        let host = Host::start(&["--plugin", &hostile, "--tcp", "127.0.0.1:0", "--framing", framing]);
+        let mut s = tcp_connect(host.tcp());
+        if framing == "raw" {
+            // One read is one request: one request at a time.
+            s.write_all(b"none").unwrap();
+            host.wait_stat("no_reply", 1);
+            s.write_all(b"ok").unwrap();
+            assert_eq!(read_n(&mut s, 2), b"ok");
+            s.write_all(b"err").unwrap();
+        } else {
+            s.write_all(&[frame(framing, b"none"), frame(framing, b"ok")].concat()).unwrap();
+            let ok = frame(framing, b"ok");
+            assert_eq!(read_n(&mut s, ok.len()), ok, "{framing}: the frame after ok(none) is answered");
+            s.write_all(&[frame(framing, b"first"), frame(framing, b"err"), frame(framing, b"never")].concat())
+                .unwrap();
+            let first = frame(framing, b"first");
+            assert_eq!(read_n(&mut s, first.len()), first, "{framing}: replies before the error are sent");
+        }
+        assert!(closed_within(&mut s, REPLY_TIMEOUT), "{framing}: connection not closed after err");
+        assert_eq!(host.logs.wait_for("plugin returned an error: refused", 1, REPLY_TIMEOUT), 1);
+        let stats = host.stats();
+        assert_eq!((stats["plugin_errors"], stats["no_reply"], stats["connections_closed_by_host"]), (1, 1, 1));
+    }
+}
+
+#[test]
+fn plugin_output_reaches_the_log() {
     let host = Host::start(&["--plugin", &plugin("hostile").display().to_string(), "--listen", "127.0.0.1:0"]);
     let mut s = tcp_connect(host.tcp());
-    s.write_all(b"err\nok\n").unwrap();
-    assert_eq!(read_line(&mut s), b"ok\n");
-    assert_eq!(host.logs.wait_for("plugin returned an error: refused", 1, REPLY_TIMEOUT), 1);
     assert_eq!(line_roundtrip(&mut s, b"print"), b"printed\n");
     assert_eq!(host.logs.wait_for("hello from stdout", 1, REPLY_TIMEOUT), 1);
     assert_eq!(host.logs.wait_for("hello from stderr", 1, REPLY_TIMEOUT), 1);
+}
+
+/// What the plugin is told: the transport, the peer's address and the
+/// address the peer sent to, over v4 and v6.
+#[test]
+fn plugin_sees_transport_peer_and_local_address() {
+    let host = Host::start(&[
+        "--plugin",
+        &plugin("hostile").display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "[::1]:0",
+    ]);
+    for addr in &host.udp {
+        let s = udp_client(*addr);
+        s.send(b"whoami").unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.recv(&mut buf).unwrap();
+        let want = format!("udp {} {addr}", s.local_addr().unwrap());
+        assert_eq!(String::from_utf8_lossy(&buf[..n]), want);
+    }
+    for addr in &host.tcp {
+        let mut s = tcp_connect(*addr);
+        let want = format!("tcp {} {addr}\n", s.local_addr().unwrap());
+        assert_eq!(String::from_utf8_lossy(&line_roundtrip(&mut s, b"whoami")), want);
+    }
 }
 
 // ---- startup errors: one line naming the file or address, exit code 2 ----
@@ -215,13 +251,6 @@ fn assert_startup_error(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(errors[0].contains(n), "{:?} does not mention {n:?}", errors[0]);
     }
-}
-
-fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(name);
-    std::fs::write(&path, bytes).unwrap();
-    (dir, path.display().to_string())
 }
 
 #[test]
@@ -255,11 +284,7 @@ fn component_without_handle() {
 
 #[test]
 fn component_with_mistyped_handle() {
-    let wat = r#"(component
-        (core module $m (func (export "f") (result i32) i32.const 7))
-        (core instance $i (instantiate $m))
-        (func (export "handle") (result u32) (canon lift (core func $i "f"))))"#;
-    let (_d, p) = temp_file("wrong.wasm", &wat::parse_str(wat).unwrap());
+    let (_d, p) = temp_file("wrong.wasm", &wrong_world_component());
     assert_startup_error(&["--plugin", &p, "--listen", "127.0.0.1:0"], &[&p, "`handle` has the wrong type"]);
 }
 
@@ -290,27 +315,24 @@ fn bad_flags() {
 
 #[test]
 fn help_documents_every_flag_with_its_default() {
+    use clap::CommandFactory as _;
     let out = std::process::Command::new(host_bin()).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in [
-        "--plugin",
-        "--listen",
-        "--udp",
-        "--tcp",
-        "--framing",
-        "--timeout",
-        "--max-memory",
-        "--max-request",
-        "--max-reply",
-        "--max-connections",
-        "--idle-timeout",
-        "--max-amplification",
-        "--drain-timeout",
-    ] {
-        assert!(help.contains(flag), "--help lacks {flag}");
+    let command = host::Config::command();
+    let flags: Vec<String> = command.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")).collect();
+    assert!(flags.len() >= 20, "{flags:?}");
+    for flag in &flags {
+        assert!(help.contains(flag.as_str()), "--help lacks {flag}");
     }
-    for default in ["127.0.0.1:7000", "default: lines", "default: 500ms", "default: 64MiB"] {
+    // Every flag that has a default shows it.
+    for arg in command.get_arguments() {
+        for default in arg.get_default_values() {
+            let shown = format!("default: {}", default.to_string_lossy());
+            assert!(help.contains(&shown), "--help lacks {shown} for --{}", arg.get_long().unwrap_or_default());
+        }
+    }
+    for default in ["127.0.0.1:7000", "every TCP address of the host together"] {
         assert!(help.contains(default), "--help lacks {default}:\n{help}");
     }
 }

@@ -23,17 +23,19 @@ fn start(extra: &[&str]) -> Host {
     Host::start(&args)
 }
 
+/// The counters of requests that failed.
+const FAILED: &[&str] = &["traps", "timeouts", "replies_dropped", "plugin_errors"];
+
 /// Send `payload` over UDP and TCP while good traffic flows; the hostile
 /// request must get no reply, its TCP connection must be closed, and the
 /// good clients must see every reply. Returns the host for more checks.
 fn survives(host: &mut Host, payload: &[u8], wait: Duration) {
     let good = GoodTraffic::start(host);
-    assert_eq!(udp_exchange(host.udp(), payload, wait), None, "UDP {:?} got a reply", String::from_utf8_lossy(payload));
+    host.assert_no_udp_reply(payload, FAILED);
     let mut s = tcp_connect(host.tcp());
     s.write_all(payload).unwrap();
     s.write_all(b"\n").unwrap();
     assert!(closed_within(&mut s, wait + Duration::from_secs(5)), "TCP connection not closed");
-    std::thread::sleep(Duration::from_millis(200));
     let answered = good.finish();
     assert!(answered > 0, "no good request was answered");
     assert!(host.is_running(), "host died");
@@ -136,7 +138,7 @@ fn oversized_replies_are_not_sent_nor_copied() {
 fn udp_replies_never_exceed_a_datagram() {
     let host = start(&["--max-reply", "10MiB", "--max-amplification", "0"]);
     assert_eq!(udp_roundtrip(host.udp(), b"big:65507").len(), 65_507);
-    assert_eq!(udp_exchange(host.udp(), b"big:65508", Duration::from_millis(500)), None);
+    host.assert_no_udp_reply(b"big:65508", &["replies_dropped"]);
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"big:100000").len(), 100_001);
 }
@@ -161,7 +163,7 @@ fn reused_instances_are_dropped_after_a_trap() {
     for _ in 0..3 {
         udp_roundtrip(host.udp(), b"count");
     }
-    assert_eq!(udp_exchange(host.udp(), b"panic", Duration::from_millis(500)), None);
+    host.assert_no_udp_reply(b"panic", &["traps"]);
     // Whatever instance serves next, it is not the one that trapped, and it
     // still works.
     assert_eq!(udp_roundtrip(host.udp(), b"ok"), b"ok");
@@ -173,8 +175,8 @@ fn reused_instances_are_dropped_after_a_trap() {
 fn oversized_and_empty_datagrams() {
     let host = start(&["--max-request", "1000", "--max-amplification", "0"]);
     let good = GoodTraffic::start(&host);
-    assert_eq!(udp_exchange(host.udp(), &[b'a'; 1001], Duration::from_millis(500)), None);
-    assert_eq!(udp_exchange(host.udp(), &[b'a'; 65_507], Duration::from_millis(500)), None);
+    host.assert_no_udp_reply(&[b'a'; 1001], &["requests_dropped"]);
+    host.assert_no_udp_reply(&[b'a'; 65_507], &["requests_dropped"]);
     assert_eq!(udp_roundtrip(host.udp(), &[b'a'; 1000]), [b'a'; 1000]);
     assert_eq!(udp_roundtrip(host.udp(), b""), b"");
     good.finish();
@@ -295,9 +297,9 @@ fn udp_amplification_is_capped() {
     let host = start(&[]);
     // A 7-byte request is 35 bytes on the wire: 3x allows a 77-byte reply
     // (105 on the wire), not 78.
-    assert_eq!(udp_exchange(host.udp(), b"big:078", Duration::from_millis(500)), None);
+    host.assert_no_udp_reply(b"big:078", &["replies_dropped"]);
     assert_eq!(udp_roundtrip(host.udp(), b"big:077").len(), 77);
-    assert_eq!(udp_exchange(host.udp(), b"big:100", Duration::from_millis(500)), None);
+    host.assert_no_udp_reply(b"big:100", &["replies_dropped"]);
     // TCP peers completed a handshake: no cap.
     let mut s = tcp_connect(host.tcp());
     assert_eq!(line_roundtrip(&mut s, b"big:100").len(), 101);
@@ -315,7 +317,8 @@ fn sigterm_drains_requests_in_flight_then_exits_0() {
         let mut s = tcp_connect(tcp);
         line_roundtrip(&mut s, b"sleep:1000")
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Both requests are in the plugin.
+    assert_eq!(host.wait_stat("requests", 2), 2);
     host.sigterm();
     assert_eq!(udp_client.join().unwrap().as_deref(), Some(&b"slept"[..]));
     assert_eq!(tcp_client.join().unwrap(), b"slept\n");
@@ -330,12 +333,15 @@ fn drain_timeout_bounds_the_shutdown() {
     let mut host = start(&["--timeout", "30s", "--drain-timeout", "300ms"]);
     let udp = host.udp();
     let _client = std::thread::spawn(move || udp_exchange(udp, b"sleep:20000", Duration::from_secs(25)));
-    std::thread::sleep(Duration::from_millis(300));
+    // The request is in the plugin.
+    assert_eq!(host.wait_stat("requests", 1), 1);
     let started = Instant::now();
     host.sigterm();
     let status = host.wait(Duration::from_secs(10)).expect("host did not exit");
     assert_eq!(status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(host.logs.wait_for("drain timeout: 1 tasks still running are abandoned", 1, REPLY_TIMEOUT), 1);
+    assert!(host.logs.lines().iter().any(|l| l.contains("stats requests=1 replies=0")), "{:?}", host.logs.lines());
 }
 
 #[test]

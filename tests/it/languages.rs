@@ -3,13 +3,22 @@
 //! binary (not UTF-8) and empty payloads.
 
 use std::io::Write;
-use std::time::Duration;
 
 use crate::support::*;
 
-/// What a plugin must answer to a payload: `Some(bytes)`, or `None` for no
-/// reply at all (`ok(none)`).
-type Case = (&'static [u8], Option<&'static [u8]>);
+/// What a plugin must answer to a payload.
+#[derive(Clone, Copy)]
+enum Want {
+    /// `ok(some(bytes))`: these bytes.
+    Reply(&'static [u8]),
+    /// `ok(none)`: nothing, and a TCP connection stays open.
+    NoReply,
+    /// `err(..)`: nothing, and a TCP connection is closed.
+    Error,
+}
+use Want::*;
+
+type Case = (&'static [u8], Want);
 
 /// Serve `name` and check every case over UDP, TCP with newline framing
 /// (cases without `\n`) and TCP with u32 length prefixes (all cases).
@@ -20,32 +29,45 @@ fn serves(name: &str, cases: &[Case]) {
     let prefixed = Host::start(&[&common[..], &["--tcp", "127.0.0.1:0", "--framing", "u32"]].concat());
     for (payload, want) in cases {
         let shown = String::from_utf8_lossy(payload);
-        let got =
-            udp_exchange(lines.udp(), payload, if want.is_some() { REPLY_TIMEOUT } else { Duration::from_millis(300) });
-        assert_eq!(got.as_deref(), *want, "{name} over UDP, payload {shown:?}");
+        match want {
+            Reply(want) => assert_eq!(udp_roundtrip(lines.udp(), payload), *want, "{name} over UDP, payload {shown:?}"),
+            NoReply => lines.assert_no_udp_reply(payload, &["no_reply"]),
+            Error => lines.assert_no_udp_reply(payload, &["plugin_errors"]),
+        }
 
         let mut s = tcp_connect(prefixed.tcp());
         s.write_all(&(payload.len() as u32).to_be_bytes()).unwrap();
         s.write_all(payload).unwrap();
         // A marker frame after it: its reply shows the first got none.
         s.write_all(b"\x00\x00\x00\x05probe").unwrap();
-        if let Some(want) = want {
+        if let Reply(want) = want {
             let len = u32::from_be_bytes(read_n(&mut s, 4).try_into().unwrap()) as usize;
             assert_eq!(read_n(&mut s, len), *want, "{name} over TCP u32, payload {shown:?}");
         }
-        let len = u32::from_be_bytes(read_n(&mut s, 4).try_into().unwrap()) as usize;
-        read_n(&mut s, len);
+        if let Error = want {
+            assert!(closed_within(&mut s, REPLY_TIMEOUT), "{name}: TCP u32 not closed after err, payload {shown:?}");
+        } else {
+            let len = u32::from_be_bytes(read_n(&mut s, 4).try_into().unwrap()) as usize;
+            read_n(&mut s, len);
+        }
 
-        if payload.contains(&b'\n') || want.is_some_and(|w| w.contains(&b'\n')) {
+        let has_newline = |b: &[u8]| b.contains(&b'\n');
+        if has_newline(payload) || matches!(want, Reply(w) if has_newline(w)) {
             continue;
         }
         let mut s = tcp_connect(lines.tcp());
         s.write_all(payload).unwrap();
         s.write_all(b"\nprobe\n").unwrap();
-        if let Some(want) = want {
-            assert_eq!(read_line(&mut s), [*want, b"\n"].concat(), "{name} over TCP lines, payload {shown:?}");
+        match want {
+            Reply(want) => {
+                assert_eq!(read_line(&mut s), [*want, b"\n"].concat(), "{name} over TCP lines, payload {shown:?}");
+                read_line(&mut s);
+            }
+            NoReply => {
+                read_line(&mut s);
+            }
+            Error => assert!(closed_within(&mut s, REPLY_TIMEOUT), "{name}: TCP lines not closed after err"),
         }
-        read_line(&mut s);
     }
 }
 
@@ -54,10 +76,10 @@ fn rust_echo() {
     serves(
         "echo",
         &[
-            (b"hello", Some(b"hello")),
-            ("héllo wörld ✓".as_bytes(), Some("héllo wörld ✓".as_bytes())),
-            (b"\x00\x01\xff\xfe binary\n", Some(b"\x00\x01\xff\xfe binary\n")),
-            (b"", Some(b"")),
+            (b"hello", Reply(b"hello")),
+            ("héllo wörld ✓".as_bytes(), Reply("héllo wörld ✓".as_bytes())),
+            (b"\x00\x01\xff\xfe binary\n", Reply(b"\x00\x01\xff\xfe binary\n")),
+            (b"", Reply(b"")),
         ],
     );
 }
@@ -67,12 +89,12 @@ fn rust_upper() {
     serves(
         "upper",
         &[
-            (b"hello", Some(b"HELLO")),
+            (b"hello", Reply(b"HELLO")),
             // ASCII letters only; UTF-8 sequences pass through untouched.
-            ("héllo".as_bytes(), Some("HéLLO".as_bytes())),
-            (b"\x00\x01\xffabc", Some(b"\x00\x01\xffABC")),
+            ("héllo".as_bytes(), Reply("HéLLO".as_bytes())),
+            (b"\x00\x01\xffabc", Reply(b"\x00\x01\xffABC")),
             // `ok(none)`: no reply to an empty payload.
-            (b"", None),
+            (b"", NoReply),
         ],
     );
 }
@@ -82,11 +104,11 @@ fn python_json_summary() {
     serves(
         "json-summary",
         &[
-            (br#"{"a":1,"b":[1,2]}"#, Some(br#"{"type":"object","keys":["a","b"],"bytes":17}"#)),
-            (r#"{"é":"ü"}"#.as_bytes(), Some(r#"{"type":"object","keys":["é"],"bytes":11}"#.as_bytes())),
-            (b"[1, 2, 3]", Some(br#"{"type":"array","length":3,"bytes":9}"#)),
-            (b"\xff\xfe\x00", Some(br#"{"error":"not utf-8","bytes":3}"#)),
-            (b"", Some(br#"{"error":"empty","bytes":0}"#)),
+            (br#"{"a":1,"b":[1,2]}"#, Reply(br#"{"type":"object","keys":["a","b"],"bytes":17}"#)),
+            (r#"{"é":"ü"}"#.as_bytes(), Reply(r#"{"type":"object","keys":["é"],"bytes":11}"#.as_bytes())),
+            (b"[1, 2, 3]", Reply(br#"{"type":"array","length":3,"bytes":9}"#)),
+            (b"\xff\xfe\x00", Reply(br#"{"error":"not utf-8","bytes":3}"#)),
+            (b"", Reply(br#"{"error":"empty","bytes":0}"#)),
         ],
     );
 }
@@ -96,11 +118,11 @@ fn javascript_reverse() {
     serves(
         "reverse",
         &[
-            (b"hello", Some(b"olleh")),
+            (b"hello", Reply(b"olleh")),
             // Bytes are reversed, not characters: the result is not UTF-8.
-            ("héllo".as_bytes(), Some(b"oll\xa9\xc3h")),
-            (b"\x00\x01\xff", Some(b"\xff\x01\x00")),
-            (b"", Some(b"")),
+            ("héllo".as_bytes(), Reply(b"oll\xa9\xc3h")),
+            (b"\x00\x01\xff", Reply(b"\xff\x01\x00")),
+            (b"", Reply(b"")),
         ],
     );
 }
@@ -110,10 +132,10 @@ fn c_rot13() {
     serves(
         "rot13",
         &[
-            (b"Hello, World!", Some(b"Uryyb, Jbeyq!")),
-            ("héllo".as_bytes(), Some("uéyyb".as_bytes())),
-            (b"\x00\x01\xffabc\n", Some(b"\x00\x01\xffnop\n")),
-            (b"", Some(b"")),
+            (b"Hello, World!", Reply(b"Uryyb, Jbeyq!")),
+            ("héllo".as_bytes(), Reply("uéyyb".as_bytes())),
+            (b"\x00\x01\xffabc\n", Reply(b"\x00\x01\xffnop\n")),
+            (b"", Reply(b"")),
         ],
     );
 }
@@ -141,11 +163,11 @@ fn readme_example_hello() {
     serves(
         "hello",
         &[
-            (b"ada", Some(b"hello, ada!")),
-            ("Grace Hopper ✓".as_bytes(), Some("hello, Grace Hopper ✓!".as_bytes())),
-            // `err(..)`: logged, nothing sent, the connection stays open.
-            (b"\xff\xfe", None),
-            (b"", Some(b"hello, !")),
+            (b"ada", Reply(b"hello, ada!")),
+            ("Grace Hopper ✓".as_bytes(), Reply("hello, Grace Hopper ✓!".as_bytes())),
+            // `err(..)`: logged, nothing sent, a TCP connection is closed.
+            (b"\xff\xfe", Error),
+            (b"", Reply(b"hello, !")),
         ],
     );
 }

@@ -6,6 +6,8 @@ mod support;
 
 mod clients;
 mod core;
+mod hardening;
 mod isolation;
 mod languages;
+mod output;
 mod reload;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -37,11 +37,7 @@ impl PluginFile {
 
     /// Truncate and rewrite the plugin in place, in a few chunks (like `cp`).
     fn overwrite(&self, bytes: &[u8]) {
-        let mut f = std::fs::File::create(&self.path).unwrap();
-        for chunk in bytes.chunks(bytes.len().div_ceil(4).max(1)) {
-            f.write_all(chunk).unwrap();
-            f.flush().unwrap();
-        }
+        overwrite(&self.path, bytes);
     }
 
     fn arg(&self) -> String {
@@ -49,20 +45,17 @@ impl PluginFile {
     }
 }
 
-fn cache_dir() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
+/// Truncate and rewrite `path` in place, in a few chunks (like `cp`).
+fn overwrite(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in bytes.chunks(bytes.len().div_ceil(4).max(1)) {
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+    }
 }
 
-/// Wait until `probe` returns true, polling; false on timeout.
-fn eventually(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if probe() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+fn cache_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
 }
 
 /// A host serving `file` on loopback, with its own compile cache.
@@ -154,13 +147,7 @@ fn bad_files_never_replace_the_working_version() {
     let host = start_watching(&file, &cache);
     let good = GoodTraffic::start(&host);
     let echo = std::fs::read(plugin("echo")).unwrap();
-    let wrong_world = wat::parse_str(
-        r#"(component
-            (core module $m (func (export "f") (result i32) i32.const 7))
-            (core instance $i (instantiate $m))
-            (func (export "handle") (result u32) (canon lift (core func $i "f"))))"#,
-    )
-    .unwrap();
+    let wrong_world = wrong_world_component();
     let bad: [(&str, Vec<u8>, &str); 4] = [
         ("garbage", b"this is not wasm".to_vec(), "not a WebAssembly file"),
         ("truncated copy", echo[..echo.len() / 3].to_vec(), "invalid component"),
@@ -236,4 +223,148 @@ fn each_version_is_named_in_the_logs() {
     // Per-request debug lines name the version that served each request.
     assert!(host.logs.wait_for(&format!("version={upper_v}"), 1, REPLY_TIMEOUT) >= 1);
     assert!(host.logs.wait_for(&format!("version={echo_v}"), 1, REPLY_TIMEOUT) >= 1);
+}
+
+#[test]
+fn sigterm_does_not_wait_for_a_reload_compile() {
+    let (file, cache) = (PluginFile::new(&plugin("echo")), cache_dir());
+    let mut host = start_watching(&file, &cache);
+    // A cold JavaScript compile takes seconds, longer than the drain.
+    file.replace(&std::fs::read(plugin("reverse")).unwrap());
+    assert_eq!(host.logs.wait_for("compiling a ", 1, START_TIMEOUT), 1, "{}", host.logs.lines().join("\n"));
+    host.sigterm();
+    let status = host.wait(START_TIMEOUT).expect("host did not exit");
+    assert!(status.success(), "{status:?}");
+    // Every line has been read: the compile never finished into a swap.
+    assert_eq!(host.logs.wait_for("<stderr closed>", 1, REPLY_TIMEOUT), 1);
+    assert_eq!(host.logs.count("reloaded plugin"), 0, "{}", host.logs.lines().join("\n"));
+}
+
+/// A directory laid out as Kubernetes mounts a ConfigMap: `plugin.wasm ->
+/// ..data/plugin.wasm`, `..data -> ..<timestamp>`, updated by renaming a
+/// new `..data` link into place and removing the old directory.
+struct ConfigMapDir {
+    dir: tempfile::TempDir,
+    generation: u32,
+}
+
+impl ConfigMapDir {
+    fn new(initial: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut this = Self { dir, generation: 0 };
+        this.update(&std::fs::read(initial).unwrap());
+        std::os::unix::fs::symlink("..data/plugin.wasm", this.dir.path().join("plugin.wasm")).unwrap();
+        this
+    }
+
+    fn data_dir(&self) -> String {
+        format!("..2026_11_25_10_00_{:02}.{:09}", self.generation, 123_456_789 + self.generation)
+    }
+
+    /// As the kubelet does it: a new timestamped directory, a `..data_tmp`
+    /// link to it renamed over `..data` (atomic), then the old one removed.
+    fn update(&mut self, bytes: &[u8]) {
+        let old = (self.generation > 0).then(|| self.dir.path().join(self.data_dir()));
+        self.generation += 1;
+        let new = self.data_dir();
+        std::fs::create_dir(self.dir.path().join(&new)).unwrap();
+        std::fs::write(self.dir.path().join(&new).join("plugin.wasm"), bytes).unwrap();
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&new, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+        if let Some(old) = old {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+    }
+
+    fn arg(&self) -> String {
+        self.dir.path().join("plugin.wasm").display().to_string()
+    }
+}
+
+#[test]
+fn a_configmap_style_symlink_swap_reloads() {
+    let mut config_map = ConfigMapDir::new(&plugin("echo"));
+    let cache = cache_dir();
+    let cache_arg = cache.path().display().to_string();
+    let host = Host::start(&["--plugin", &config_map.arg(), "--listen", "127.0.0.1:0", "--cache-dir", &cache_arg]);
+    assert!(!serves_upper(host.udp()));
+    let (echo, upper) = (std::fs::read(plugin("echo")).unwrap(), std::fs::read(plugin("upper")).unwrap());
+    for swap in 0..3 {
+        let to_upper = swap % 2 == 0;
+        config_map.update(if to_upper { &upper } else { &echo });
+        assert!(
+            eventually(SWAP_SEEN_WITHIN, || serves_upper(host.udp()) == to_upper),
+            "swap {swap} not seen; log:\n{}",
+            host.logs.lines().join("\n")
+        );
+    }
+    assert_eq!(host.stats()["reloads"], 3);
+    // Removing each old directory is routine, not a lost watch.
+    assert_eq!(host.logs.count("paused"), 0, "{}", host.logs.lines().join("\n"));
+}
+
+#[test]
+fn rewriting_the_target_of_a_symlinked_plugin_reloads() {
+    // links/service.wasm -> ../files/real.wasm
+    let root = tempfile::tempdir().unwrap();
+    let (links, files) = (root.path().join("links"), root.path().join("files"));
+    std::fs::create_dir(&links).unwrap();
+    std::fs::create_dir(&files).unwrap();
+    std::fs::copy(plugin("echo"), files.join("real.wasm")).unwrap();
+    let link = links.join("service.wasm");
+    std::os::unix::fs::symlink("../files/real.wasm", &link).unwrap();
+    let cache = cache_dir();
+    let cache_arg = cache.path().display().to_string();
+    let link_arg = link.display().to_string();
+    let host = Host::start(&["--plugin", &link_arg, "--listen", "127.0.0.1:0", "--cache-dir", &cache_arg]);
+    assert_eq!(host.logs.count(&format!("watching {link_arg} for changes (a symlink to ")), 1);
+    for (swap, name) in ["upper", "echo"].into_iter().enumerate() {
+        overwrite(&files.join("real.wasm"), &std::fs::read(plugin(name)).unwrap());
+        assert!(
+            eventually(SWAP_SEEN_WITHIN, || serves_upper(host.udp()) == (name == "upper")),
+            "rewrite {swap} ({name}) not seen; log:\n{}",
+            host.logs.lines().join("\n")
+        );
+    }
+}
+
+#[test]
+fn the_watched_file_is_named_and_an_unchanged_sighup_says_so() {
+    let (file, cache) = (PluginFile::new(&plugin("echo")), cache_dir());
+    let host = start_watching(&file, &cache);
+    let watching = format!("watching {} for changes (SIGHUP also reloads)", file.arg());
+    assert_eq!(host.logs.count(&watching), 1, "{}", host.logs.lines().join("\n"));
+    host.signal(1);
+    let unchanged = format!("reload (Signal): {} unchanged, still version", file.arg());
+    assert_eq!(host.logs.wait_for(&unchanged, 1, REPLY_TIMEOUT), 1, "{}", host.logs.lines().join("\n"));
+    assert_eq!(host.stats()["reloads"], 0);
+}
+
+#[test]
+fn a_removed_and_recreated_plugin_directory_is_watched_again() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("service.wasm");
+    std::fs::copy(plugin("echo"), &path).unwrap();
+    let (cache, arg) = (cache_dir(), path.display().to_string());
+    let cache_arg = cache.path().display().to_string();
+    let host = Host::start(&["--plugin", &arg, "--listen", "127.0.0.1:0", "--cache-dir", &cache_arg]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    // The loss is reported, and the parent is watched in its place...
+    let paused = format!("hot reload of {arg} paused: {} was removed", dir.display());
+    assert_eq!(host.logs.wait_for(&paused, 1, REPLY_TIMEOUT), 1, "{}", host.logs.lines().join("\n"));
+    // ...so the directory is watched again once it is back, and a new file
+    // in it is picked up.
+    std::fs::create_dir(&dir).unwrap();
+    let tmp = dir.join(".service.wasm.tmp");
+    std::fs::write(&tmp, std::fs::read(plugin("upper")).unwrap()).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert!(
+        eventually(SWAP_SEEN_WITHIN, || serves_upper(host.udp())),
+        "not reloaded; log:\n{}",
+        host.logs.lines().join("\n")
+    );
+    assert_eq!(host.logs.count(&format!("watching {arg} for changes again")), 1);
 }

@@ -85,26 +85,31 @@ impl Host {
         Self::start_with(args, env, |_| {})
     }
 
-    /// Start with `env` set and `configure` applied to the command.
+    /// Start with `env` set and `configure` applied to the command, and
+    /// wait until it serves.
     pub fn start_with<S: AsRef<std::ffi::OsStr>>(
         args: &[S],
         env: &[(&str, &str)],
         configure: impl FnOnce(&mut Command),
     ) -> Host {
+        let mut host = Self::spawn_with(args, env, configure);
+        host.wait_ready();
+        host
+    }
+
+    /// Start the process and return at once, before it serves.
+    pub fn spawn_with<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Host {
         let strs: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
-        let expected = strs
-            .iter()
-            .map(|a| match a.as_str() {
-                "--listen" => 2,
-                "--udp" | "--tcp" => 1,
-                _ => 0,
-            })
-            .sum::<usize>();
-        // No address flag: the default address, served over UDP and TCP.
-        let expected = if expected == 0 { 2 } else { expected };
         let mut cmd = Command::new(host_bin());
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         cmd.env("RUST_LOG", "info");
+        if !strs.iter().any(|a| a == "--cache-dir" || a == "--no-cache") {
+            cmd.arg("--cache-dir").arg(test_cache_dir());
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -123,13 +128,17 @@ impl Host {
             }
             sink.push("<stderr closed>".into());
         });
-        let got = logs.wait_for("listening ", expected, START_TIMEOUT);
-        if got < expected {
-            let _ = child.kill();
-            panic!("host did not start; log:\n{}", logs.lines().join("\n"));
+        Host { child, udp: Vec::new(), tcp: Vec::new(), logs }
+    }
+
+    /// Wait until the host logs `ready` (after every listener), and take
+    /// the addresses it logged as `listening udp|tcp ADDR`.
+    pub fn wait_ready(&mut self) {
+        if self.logs.wait_for("ready: serving", 1, START_TIMEOUT) < 1 {
+            let _ = self.child.kill();
+            panic!("host did not start; log:\n{}", self.logs.lines().join("\n"));
         }
-        let (mut udp, mut tcp) = (Vec::new(), Vec::new());
-        for line in logs.lines() {
+        for line in self.logs.lines() {
             let Some(rest) = line.split("listening ").nth(1) else {
                 continue;
             };
@@ -138,9 +147,8 @@ impl Host {
                 continue;
             };
             let addr: SocketAddr = a.parse().unwrap();
-            if t == "udp" { udp.push(addr) } else { tcp.push(addr) }
+            if t == "udp" { self.udp.push(addr) } else { self.tcp.push(addr) }
         }
-        Host { child, udp, tcp, logs }
     }
 
     /// Send SIGTERM.
@@ -192,6 +200,32 @@ fn libc_sigterm() -> i32 {
 fn signal(child: &Child, sig: i32) {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
+}
+
+/// The compile cache of every test host that is not given one: a temporary
+/// directory for this test run (under the target dir, never `~/.cache`),
+/// shared by its hosts so each plugin compiles once per run.
+pub fn test_cache_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        // Runs that were killed leave theirs behind: remove those first.
+        if let Ok(entries) = std::fs::read_dir(base) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("test-cache-")) else { continue };
+                let pid = pid.split('.').next().unwrap_or_default();
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        tempfile::Builder::new()
+            .prefix(&format!("test-cache-{}.", std::process::id()))
+            .tempdir_in(base)
+            .expect("a temporary compile cache")
+    })
+    .path()
 }
 
 /// Run `host` to completion (for startup errors): (exit code, stderr).
@@ -312,6 +346,48 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Wait until counter `name` reaches `at_least`, polling the host's
+    /// counters; returns its last value.
+    pub fn wait_stat(&self, name: &str, at_least: u64) -> u64 {
+        let value = || self.stats().get(name).copied().unwrap_or_else(|| panic!("no counter {name}"));
+        eventually(REPLY_TIMEOUT, || value() >= at_least);
+        value()
+    }
+
+    /// The sum of the counters `names`.
+    pub fn stat_sum(&self, names: &[&str]) -> u64 {
+        let stats = self.stats();
+        names.iter().map(|n| stats.get(*n).copied().unwrap_or_else(|| panic!("no counter {n}"))).sum()
+    }
+
+    /// Send `payload` over UDP and check that it gets no reply: wait until
+    /// the host has counted the request under one of `counters` (polling
+    /// them, no fixed sleep), then check that nothing arrived.
+    pub fn assert_no_udp_reply(&self, payload: &[u8], counters: &[&str]) {
+        let before = self.stat_sum(counters);
+        let s = udp_client(self.udp());
+        s.send(payload).unwrap();
+        assert!(
+            eventually(REPLY_TIMEOUT, || self.stat_sum(counters) > before),
+            "{counters:?} did not count the request {:?}",
+            String::from_utf8_lossy(&payload[..payload.len().min(64)])
+        );
+        assert_no_datagram(&s);
+    }
+}
+
+/// Assert that no datagram is waiting on `s`.
+pub fn assert_no_datagram(s: &UdpSocket) {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    match s.recv(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("expected no datagram, got {other:?}"),
+    }
+    s.set_nonblocking(false).unwrap();
+}
+
 /// `stats a=1 b=2` -> {a: 1, b: 2}.
 pub fn parse_stats(line: &str) -> std::collections::HashMap<String, u64> {
     let rest = &line[line.find("stats ").unwrap() + 6..];
@@ -372,4 +448,58 @@ impl GoodTraffic {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.threads.into_iter().map(|t| t.join().expect("a good client failed")).sum()
     }
+}
+
+/// Frames encoded for `framing`.
+pub fn frame(framing: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match framing {
+        "lines" => {
+            out.extend_from_slice(payload);
+            out.push(b'\n');
+        }
+        "u16" => {
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        "u32" => {
+            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        _ => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// `bytes` in a file `name` of a new temporary directory: (the directory,
+/// which removes the file when dropped, and the file's path).
+pub fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path.display().to_string())
+}
+
+/// A valid component that exports `handle` with the wrong type: it
+/// compiles and links, and must be refused as not implementing the world.
+pub fn wrong_world_component() -> Vec<u8> {
+    wat::parse_str(
+        r#"(component
+            (core module $m (func (export "f") (result i32) i32.const 7))
+            (core instance $i (instantiate $m))
+            (func (export "handle") (result u32) (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap()
+}
+
+/// Wait until `probe` returns true, polling; false on timeout.
+pub fn eventually(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if probe() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }

@@ -1,4 +1,10 @@
 //! Listeners: the sockets the host owns and the loops that serve them.
+//!
+//! Sockets are bound early, before the plugin is loaded, so that an address
+//! in use is reported at once. They start serving only when the plugin is
+//! ready: a TCP socket is not listening until then (a connection attempt is
+//! refused, and a load balancer's health check sees a server that is not up
+//! yet), and UDP datagrams wait in the kernel's receive queue.
 
 pub(crate) mod tcp;
 pub(crate) mod udp;
@@ -8,47 +14,92 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::Framing;
-use crate::dispatch::Dispatcher;
-use crate::plugin::Transport;
+use crate::config::{Config, Framing};
+use crate::dispatch::{Dispatcher, ReplyLimit};
+use crate::request::Transport;
 
 /// TCP accept backlog.
 const BACKLOG: i32 = 1024;
 /// Requested UDP receive buffer: absorbs bursts while plugins run. The
-/// kernel may grant less (net.core.rmem_max); that is not an error.
+/// kernel may grant less (`net.core.rmem_max`): then a warning says so.
 const UDP_RECV_BUFFER: usize = 4 << 20;
 
-/// What every listener task shares.
-pub(crate) struct Shared {
+/// What every listener of one server uses: the dispatcher, the limits, and
+/// the host-wide connection slots.
+pub(crate) struct ListenerContext {
     pub dispatcher: Arc<Dispatcher>,
     pub framing: Framing,
     pub max_request: usize,
-    pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// `--max-connections`, for every TCP listener of the host together.
+    pub connections: Arc<Semaphore>,
+    pub udp_reply: ReplyLimit,
+    pub tcp_reply: ReplyLimit,
+    /// Connections and requests moved off a receive loop run here, so that
+    /// a shutdown drains them.
+    pub tracker: TaskTracker,
+}
+
+impl ListenerContext {
+    pub fn new(config: &Config, dispatcher: Arc<Dispatcher>, tracker: TaskTracker) -> Self {
+        Self {
+            dispatcher,
+            framing: config.framing,
+            max_request: config.max_request,
+            idle_timeout: config.idle_timeout,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            udp_reply: ReplyLimit::udp(config),
+            tcp_reply: ReplyLimit::tcp(config, config.framing),
+            tracker,
+        }
+    }
 }
 
 /// A bound address, before it is served.
 pub(crate) enum Bound {
     /// One socket per worker, all bound to the same address with SO_REUSEPORT.
-    Udp(Vec<tokio::net::UdpSocket>),
-    Tcp(tokio::net::TcpListener),
+    Udp(udp::UdpSockets),
+    /// Bound, not yet listening.
+    Tcp(Socket, SocketAddr),
 }
 
 impl Bound {
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub fn local_addr(&self) -> SocketAddr {
         match self {
-            Bound::Udp(s) => s[0].local_addr(),
-            Bound::Tcp(s) => s.local_addr(),
+            Bound::Udp(s) => s.addr,
+            Bound::Tcp(_, addr) => *addr,
         }
     }
 
     pub fn transport(&self) -> Transport {
         match self {
             Bound::Udp(_) => Transport::Udp,
-            Bound::Tcp(_) => Transport::Tcp,
+            Bound::Tcp(..) => Transport::Tcp,
         }
+    }
+
+    /// Start serving; runs on `ctx.tracker` until `shutdown`.
+    pub fn serve(self, ctx: &Arc<ListenerContext>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (transport, addr) = (self.transport(), self.local_addr());
+        match self {
+            Bound::Udp(sockets) => {
+                ctx.tracker.spawn(udp::serve(sockets, ctx.clone(), shutdown));
+            }
+            Bound::Tcp(socket, _) => {
+                socket.listen(BACKLOG).with_context(|| format!("cannot listen on {transport} {addr}"))?;
+                let listener: std::net::TcpListener = socket.into();
+                ctx.tracker.spawn(tcp::serve(listener, ctx.clone(), shutdown));
+            }
+        }
+        // One parseable line per listener, e.g. `listening udp 127.0.0.1:7000`.
+        tracing::info!("listening {transport} {addr}");
+        Ok(())
     }
 }
 
@@ -57,7 +108,7 @@ impl Bound {
 pub(crate) fn bind(transport: Transport, addr: SocketAddr, udp_sockets: usize) -> anyhow::Result<Bound> {
     let bound = match transport {
         Transport::Udp => bind_udp(addr, udp_sockets.max(1)).map(Bound::Udp),
-        Transport::Tcp => bind_tcp(addr).map(Bound::Tcp),
+        Transport::Tcp => bind_tcp(addr).map(|(s, a)| Bound::Tcp(s, a)),
     };
     bound.with_context(|| format!("cannot listen on {transport} {addr}"))
 }
@@ -79,27 +130,53 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<So
 /// fails if any other socket holds the port, even one with SO_REUSEPORT
 /// (a second `host` on the same port must not silently share its traffic).
 /// The group then binds the resolved address.
-fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<Vec<tokio::net::UdpSocket>> {
+fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<udp::UdpSockets> {
     let probe = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
     probe.bind(&addr.into())?;
     let addr = probe.local_addr()?.as_socket().unwrap_or(addr);
     drop(probe);
+    let pktinfo = addr.ip().is_unspecified();
     let mut sockets = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
         let socket = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
         let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
+        if i == 0 {
+            warn_if_buffer_small(&socket, addr);
+        }
+        if pktinfo {
+            // Every datagram then says which address it was sent to.
+            match addr {
+                SocketAddr::V4(_) => setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)?,
+                SocketAddr::V6(_) => setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)?,
+            }
+        }
         socket.set_reuse_port(true)?;
         socket.bind(&addr.into())?;
         sockets.push(tokio::net::UdpSocket::from_std(socket.into())?);
     }
-    Ok(sockets)
+    Ok(udp::UdpSockets { sockets, addr, pktinfo })
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// Say so when the kernel grants a smaller UDP receive buffer than asked
+/// for: bursts beyond it are dropped by the kernel, uncounted by the host.
+fn warn_if_buffer_small(socket: &Socket, addr: SocketAddr) {
+    // Linux reports twice what it grants (the other half is bookkeeping).
+    let Ok(granted) = socket.recv_buffer_size() else { return };
+    if granted < UDP_RECV_BUFFER {
+        tracing::warn!(
+            "udp {addr}: the kernel granted a receive buffer of {} KiB, less than the {} KiB asked for; \
+             bursts beyond it are dropped (raise net.core.rmem_max)",
+            granted >> 10,
+            UDP_RECV_BUFFER >> 10
+        );
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<(Socket, SocketAddr)> {
     let socket = new_socket(addr, Type::STREAM, Protocol::TCP)?;
     // Restart without waiting for TIME_WAIT connections to expire.
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    let addr = socket.local_addr()?.as_socket().unwrap_or(addr);
+    Ok((socket, addr))
 }

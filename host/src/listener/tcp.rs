@@ -1,71 +1,120 @@
 //! TCP: each connection is a task; each frame of its stream is one request.
 //!
-//! Frames are handled in order and their replies written in order; the
-//! replies to several frames that arrived in one read go out in one write.
-//! An idle connection holds no read buffer: the task waits for readability
-//! first and only then reserves memory to read into.
+//! A [`FramedConn`] owns the socket, the read buffer, the decoder and the
+//! replies not yet written, with their bound; [`Handler::run`] is the loop
+//! that drives it: read, run every complete frame through the plugin in
+//! order, write the replies in order.
+//!
+//! Memory per connection is bounded whatever the peer sends or the plugin
+//! returns. Replies collect in the output buffer up to [`OUTPUT_HIGH_WATER`]
+//! and are written out as they pass it (a bigger reply is written straight
+//! from where the plugin's reply was copied to); while output is being
+//! written, nothing more is read from the peer (backpressure: a peer that
+//! does not read its replies stops being served, and is closed after
+//! `--idle-timeout`). An idle connection holds no read buffer: the task
+//! waits for readability first and only then reserves memory to read into.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::time::{Instant, timeout_at};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Framing;
-use crate::dispatch::{Outcome, Request};
+use crate::dispatch::{Outcome, ReplyLimit};
 use crate::framing::{self, Decoder, FrameError};
-use crate::plugin::Transport;
 use crate::ratelimit::log_limited;
+use crate::request::{Request, Transport};
 use crate::stats::Stats;
 
-use super::Shared;
+use super::ListenerContext;
 
 /// Bytes reserved per read. Larger frames reserve their full length.
 const READ_CHUNK: usize = 8 << 10;
+/// Reply bytes a connection collects before writing them out.
+pub const OUTPUT_HIGH_WATER: usize = 64 << 10;
 /// Pause after an accept error such as EMFILE, so the loop does not spin
 /// while file descriptors are exhausted; it retries after the pause.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accept connections until `shutdown`; each runs on `tracker`.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let slots = Arc::new(Semaphore::new(shared.max_connections));
+/// Accept connections until `shutdown`; each runs on the context's tracker.
+///
+/// `--max-connections` is one limit for every listener of the host, so a
+/// listener takes a connection slot only once a peer is waiting on it:
+/// holding a slot while waiting in `accept` would starve the other
+/// listeners.
+pub(crate) async fn serve(listener: std::net::TcpListener, ctx: Arc<ListenerContext>, shutdown: CancellationToken) {
+    let listening = listener.local_addr().ok();
+    // SAFETY: the `AsyncFd` owns the listener, a `std::net::TcpListener`
+    // whose `OwnedFd` stays open, and is the same descriptor, until the
+    // listener is dropped with the `AsyncFd`.
+    let listener = match unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) } {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(local = ?listening, "cannot serve: {e}");
+            return;
+        }
+    };
+    let reply_limit = ctx.tcp_reply;
     loop {
+        let mut ready = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.readable() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(local = ?listening, "cannot serve: {e}");
+                    return;
+                }
+            },
+        };
         // Over --max-connections, stop accepting: new peers wait in the
         // kernel's backlog until a connection closes.
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            p = ctx.connections.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    log_limited!(warn, local, "accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+        let accepted = match ready.try_io(|l| l.get_ref().accept()) {
+            Ok(accepted) => accepted.and_then(|(s, peer)| {
+                s.set_nonblocking(true)?;
+                Ok((TcpStream::from_std(s)?, peer))
+            }),
+            // Another wake-up, or the peer gave up: wait again, without the slot.
+            Err(_would_block) => continue,
         };
-        Stats::incr(&shared.dispatcher.stats().connections);
-        let (shared, shutdown, local) = (shared.clone(), shutdown.clone(), local.clone());
-        tracker.spawn(async move {
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                log_limited!(warn, local = ?listening, "accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                drop(permit);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let stats = ctx.dispatcher.stats();
+        Stats::incr(&stats.connections);
+        let (ctx2, shutdown) = (ctx.clone(), shutdown.clone());
+        ctx.tracker.spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, peer, local, &shared, shutdown).await {
-                tracing::debug!(%peer, "connection ended: {e}");
+            let ctx = ctx2;
+            let result = match Handler::new(stream, peer, &ctx, reply_limit, shutdown) {
+                Ok(handler) => handler.run().await,
+                Err(e) => Err(e),
+            };
+            let stats = ctx.dispatcher.stats();
+            Stats::incr(&stats.connections_closed);
+            match result {
+                Ok(()) => {}
+                Err(e) if e.closed_by_host() => {
+                    Stats::incr(&stats.connections_closed_by_host);
+                    log_limited!(info, %peer, "closing connection: {e}");
+                }
+                Err(e) => tracing::debug!(%peer, "connection ended: {e}"),
             }
         });
     }
@@ -80,109 +129,209 @@ enum ConnError {
     Frame(#[from] FrameError),
     #[error("no complete frame for {0:?} (--idle-timeout)")]
     Idle(Duration),
+    #[error("the peer did not take its replies for {0:?} (--idle-timeout)")]
+    Stalled(Duration),
     #[error("a request failed; closing the connection")]
     RequestFailed,
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    local: String,
-    shared: &Shared,
-    shutdown: CancellationToken,
-) -> Result<(), ConnError> {
-    stream.set_nodelay(true)?;
-    let peer_text = peer.to_string();
-    let mut decoder = Decoder::new(shared.framing, shared.max_request);
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut deadline = Instant::now() + shared.idle_timeout;
-    let closed_by_host = |e: ConnError| {
-        if matches!(e, ConnError::Frame(_) | ConnError::Idle(_) | ConnError::RequestFailed) {
-            Stats::incr(&shared.dispatcher.stats().connections_closed_by_host);
-            log_limited!(info, %peer, local, "closing connection: {e}");
-        }
-        e
-    };
-    loop {
-        // Wait for data, the idle deadline, or shutdown (which lets the frames
-        // already read finish, then closes).
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(()),
-            r = timeout_at(deadline, stream.readable()) => match r {
-                Ok(r) => r?,
-                Err(_) => return Err(closed_by_host(ConnError::Idle(shared.idle_timeout))),
-            },
-        }
-        let want = match decoder.framing() {
-            Framing::Raw => shared.max_request.clamp(1, READ_CHUNK),
-            _ => READ_CHUNK,
-        };
-        if buf.capacity() - buf.len() < want {
-            buf.reserve(want);
-        }
-        let eof = match stream.try_read_buf(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let raw = decoder.framing() == Framing::Raw;
-        // The frames of one read run one after another in one session, so
-        // in reuse mode they share an instance without touching the pool.
-        let mut session = shared.dispatcher.session();
-        let (mut frames, mut replies, mut failed) = (0, 0, false);
+impl ConnError {
+    /// Whether the host chose to close (counted), rather than the peer or
+    /// the network.
+    fn closed_by_host(&self) -> bool {
+        !matches!(self, ConnError::Io(_))
+    }
+}
+
+/// One connection's socket, read buffer, decoder and pending output.
+struct FramedConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    /// Replies not yet written; at most [`OUTPUT_HIGH_WATER`] bytes.
+    out: Vec<u8>,
+    /// How long a read may wait for a frame, and a write for the peer.
+    idle_timeout: Duration,
+    /// When the connection is closed if no frame completes.
+    deadline: Instant,
+}
+
+impl FramedConn {
+    fn new(stream: TcpStream, framing: Framing, max_request: usize, idle_timeout: Duration) -> io::Result<Self> {
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::new(framing, max_request),
+            out: Vec::new(),
+            idle_timeout,
+            deadline: Instant::now() + idle_timeout,
+        })
+    }
+
+    /// Wait until the peer sends more (until the idle deadline) and read it.
+    /// `Ok(true)` at end of stream.
+    async fn read(&mut self) -> Result<bool, ConnError> {
         loop {
-            let frame = if eof { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
-            let frame = match frame.map_err(|e| closed_by_host(e.into()))? {
-                Some(f) => f,
-                None => break,
-            };
-            frames += 1;
-            let req = Request { transport: Transport::Tcp, peer: &peer_text, local: &local, payload: &frame };
-            match session.dispatch(req).await {
-                Outcome::Reply(reply) => {
-                    framing::encode(decoder.framing(), &reply, &mut out).map_err(|e| closed_by_host(e.into()))?;
-                    replies += 1;
-                }
-                Outcome::NoReply => {}
-                Outcome::Failed => {
-                    // Replies to earlier frames of this read still go out
-                    // (below); then the connection is closed.
-                    failed = true;
-                    break;
-                }
-            }
-            if raw {
-                break;
-            }
-        }
-        // No instance is held while the connection waits on the network.
-        drop(session);
-        if frames > 0 {
-            deadline = Instant::now() + shared.idle_timeout;
-        }
-        shared.dispatcher.stats().replies.fetch_add(replies, std::sync::atomic::Ordering::Relaxed);
-        if !out.is_empty() {
-            match timeout_at(Instant::now() + shared.idle_timeout, stream.write_all(&out)).await {
+            match timeout_at(self.deadline, self.stream.readable()).await {
                 Ok(r) => r?,
-                Err(_) => return Err(closed_by_host(ConnError::Idle(shared.idle_timeout))),
+                Err(_) => return Err(ConnError::Idle(self.idle_timeout)),
             }
-            out.clear();
-            if out.capacity() > READ_CHUNK {
-                out = Vec::new();
+            let want = match self.decoder.framing() {
+                Framing::Raw => self.decoder.max().clamp(1, READ_CHUNK),
+                _ => READ_CHUNK,
+            };
+            if self.buf.capacity() - self.buf.len() < want {
+                self.buf.reserve(want);
+            }
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(true),
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
             }
         }
-        if failed {
-            return Err(closed_by_host(ConnError::RequestFailed));
+    }
+
+    /// The next complete frame of what was read; at end of stream, what is
+    /// left ends the last frame or is an error.
+    fn next_frame(&mut self, eof: bool) -> Result<Option<Bytes>, FrameError> {
+        let frame = if eof { self.decoder.decode_eof(&mut self.buf) } else { self.decoder.decode(&mut self.buf) }?;
+        if frame.is_some() {
+            self.deadline = Instant::now() + self.idle_timeout;
         }
-        if eof {
+        Ok(frame)
+    }
+
+    /// Queue `reply`, framed. Pending output past [`OUTPUT_HIGH_WATER`] is
+    /// written first; a reply that big on its own is written without being
+    /// copied.
+    async fn send(&mut self, reply: &[u8]) -> Result<(), ConnError> {
+        let (prefix, suffix) = framing::envelope(self.decoder.framing(), reply.len())?;
+        let framed = prefix.len() + reply.len() + suffix.len();
+        if self.out.len() + framed > OUTPUT_HIGH_WATER {
+            self.flush().await?;
+        }
+        if framed <= OUTPUT_HIGH_WATER {
+            self.out.extend_from_slice(&prefix);
+            self.out.extend_from_slice(reply);
+            self.out.extend_from_slice(suffix);
             return Ok(());
         }
-        if buf.is_empty() {
-            // Idle connections keep no buffer.
-            buf = BytesMut::new();
+        for part in [&prefix[..], reply, suffix] {
+            self.write(part).await?;
+        }
+        Ok(())
+    }
+
+    /// Write the pending output.
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        self.write(&out).await?;
+        self.out = out;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Write `bytes`; a peer that takes none of them for the idle timeout
+    /// is given up on.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        match timeout(self.idle_timeout, self.stream.write_all(bytes)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::Stalled(self.idle_timeout)),
+        }
+    }
+
+    /// Between reads, keep no memory the connection is not using.
+    fn release_idle_buffers(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > READ_CHUNK {
+            self.out = Vec::new();
+        }
+    }
+}
+
+/// Serves one connection: frames in, replies out, in order.
+struct Handler {
+    conn: FramedConn,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    reply_limit: ReplyLimit,
+    shutdown: CancellationToken,
+}
+
+impl Handler {
+    fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: &Arc<ListenerContext>,
+        reply_limit: ReplyLimit,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ConnError> {
+        // The address the peer connected to: on a wildcard listener, one of
+        // the host's real addresses.
+        let local = stream.local_addr()?;
+        let conn = FramedConn::new(stream, ctx.framing, ctx.max_request, ctx.idle_timeout)?;
+        Ok(Self { conn, peer, local, ctx: ctx.clone(), reply_limit, shutdown })
+    }
+
+    /// Serve until the peer closes, a request fails, or shutdown (which
+    /// lets the frames already read finish, then closes).
+    async fn run(mut self) -> Result<(), ConnError> {
+        let dispatcher = self.ctx.dispatcher.clone();
+        let raw = self.conn.decoder.framing() == Framing::Raw;
+        loop {
+            let eof = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(()),
+                r = self.conn.read() => r?,
+            };
+            // The frames of one read run one after another in one session,
+            // so in reuse mode they share an instance without the pool.
+            let mut session = dispatcher.session();
+            let mut failed = false;
+            while let Some(payload) = self.conn.next_frame(eof)? {
+                let req = Request { transport: Transport::Tcp, peer: self.peer, local: self.local, payload };
+                match session.dispatch(req, self.reply_limit).await {
+                    Outcome::Reply(reply) => {
+                        if self.conn.out.len() + reply.len() >= OUTPUT_HIGH_WATER {
+                            // No instance is held while waiting on the peer.
+                            drop(session);
+                            self.conn.send(&reply).await?;
+                            session = dispatcher.session();
+                        } else {
+                            self.conn.send(&reply).await?;
+                        }
+                        Stats::incr(&dispatcher.stats().replies);
+                    }
+                    Outcome::NoReply => {}
+                    Outcome::Failed => {
+                        // Replies to earlier frames still go out (below).
+                        failed = true;
+                        break;
+                    }
+                }
+                if raw {
+                    break;
+                }
+                // Many frames in one read must not hold this worker thread.
+                tokio::task::coop::consume_budget().await;
+            }
+            drop(session);
+            self.conn.flush().await?;
+            if failed {
+                return Err(ConnError::RequestFailed);
+            }
+            if eof {
+                return Ok(());
+            }
+            self.conn.release_idle_buffers();
         }
     }
 }

@@ -1,56 +1,107 @@
-//! UDP: one datagram is one request; the reply goes back to its sender.
+//! UDP: one datagram is one request; the reply goes back to its sender,
+//! from the address it was sent to.
 //!
 //! Each address is served by one socket per worker, bound with
 //! `SO_REUSEPORT` so the kernel spreads peers across them, and each socket
 //! by a few receive loops. A loop takes up to [`BATCH`] datagrams with one
-//! `recvmmsg`, runs them through the plugin (see [`serve_batch`]), and sends
-//! the replies with one `sendmmsg`: under load the two system calls are
-//! shared by a whole batch instead of paid per datagram.
+//! `recvmmsg`, starts each request in turn, and sends the replies with one
+//! `sendmmsg`: under load the two system calls are shared by a whole batch
+//! instead of paid per datagram.
+//!
+//! Most requests finish the first time they run. One that has to wait (it
+//! yielded at an epoch tick, or waits in a host call) is moved off the loop
+//! to a task of its own, which sends its reply when it is ready; the loop
+//! goes on receiving, so a slow request never delays the other peers of its
+//! socket. At most [`MAX_WAITING_PER_SOCKET`] requests wait per socket;
+//! past that a request that has to wait is dropped and counted.
+//!
+//! A socket bound to a wildcard address (`0.0.0.0`, `[::]`) asks the kernel
+//! for each datagram's destination address (`IP_PKTINFO`,
+//! `IPV6_RECVPKTINFO`): the plugin is told the address the peer really sent
+//! to, and the reply leaves from that address, as the peer expects (a reply
+//! from another address of a multi-homed host is dropped by the client).
 //!
 //! A datagram over `--max-request` is dropped whole, never truncated and
 //! passed on.
 
-use std::fmt::Write as _;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
-
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
-use futures_util::FutureExt as _;
-use futures_util::future::Either;
-use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike as _, SockaddrStorage, recvmmsg, sendmmsg};
+use bytes::Bytes;
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrLike as _, SockaddrStorage, recvmmsg, sendmmsg,
+};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::{Outcome, Request};
-use crate::plugin::Transport;
+use crate::dispatch::{Call, Outcome};
 use crate::ratelimit::log_limited;
+use crate::request::{Request, Transport};
 use crate::stats::Stats;
 
-use super::Shared;
+use super::ListenerContext;
 
 /// Datagrams taken per `recvmmsg` and sent per `sendmmsg`.
 const BATCH: usize = 32;
-/// Receive loops per socket: a slow request holds up only its own loop's
-/// batch while the others keep receiving.
+/// Receive loops per socket: quick requests of one socket run on several
+/// worker threads at once.
 const LOOPS_PER_SOCKET: usize = 2;
 /// Largest UDP payload (65,527 bytes over IPv6) plus one byte, so that a
 /// datagram that fills the buffer is known to be oversized.
 const MAX_DATAGRAM: usize = 65_536;
+/// Requests per socket that had to wait and were moved off its receive
+/// loops. Each holds its request and, at most, one plugin instance.
+pub const MAX_WAITING_PER_SOCKET: usize = 256;
 
-/// Serve `sockets` (one address) until `shutdown` is cancelled.
-pub(crate) async fn serve(sockets: Vec<UdpSocket>, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// The sockets bound to one UDP address, one per worker.
+pub(crate) struct UdpSockets {
+    pub sockets: Vec<UdpSocket>,
+    /// The bound address (port 0 resolved).
+    pub addr: SocketAddr,
+    /// Whether the address is a wildcard, so that every datagram carries
+    /// its destination address (`IP_PKTINFO`).
+    pub pktinfo: bool,
+}
+
+/// One socket and what its receive loops share.
+struct Socket {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    pktinfo: bool,
+    /// Room for requests moved off the receive loops.
+    waiting: Arc<Semaphore>,
+    ctx: Arc<ListenerContext>,
+}
+
+/// A reply on its way out.
+struct Datagram {
+    peer: SocketAddr,
+    /// The source address to send from (wildcard sockets only).
+    source: Option<IpAddr>,
+    bytes: Vec<u8>,
+}
+
+/// Serve `bound` until `shutdown` is cancelled.
+pub(crate) async fn serve(bound: UdpSockets, ctx: Arc<ListenerContext>, shutdown: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     // Which socket each loop serves, to replace a loop that panicked.
     let mut serving = std::collections::HashMap::new();
-    for socket in sockets {
-        let socket = Arc::new(socket);
+    for socket in bound.sockets {
+        let socket = Arc::new(Socket {
+            socket,
+            addr: bound.addr,
+            pktinfo: bound.pktinfo,
+            waiting: Arc::new(Semaphore::new(MAX_WAITING_PER_SOCKET)),
+            ctx: ctx.clone(),
+        });
         for _ in 0..LOOPS_PER_SOCKET {
-            let id = tasks.spawn(receive_loop(socket.clone(), shared.clone(), shutdown.clone())).id();
+            let id = tasks.spawn(receive_loop(socket.clone(), shutdown.clone())).id();
             serving.insert(id, socket.clone());
         }
     }
@@ -61,171 +112,207 @@ pub(crate) async fn serve(sockets: Vec<UdpSocket>, shared: Arc<Shared>, shutdown
         let Some(socket) = serving.remove(&e.id()) else { continue };
         if e.is_panic() && !shutdown.is_cancelled() {
             tracing::error!("a UDP receive loop panicked; starting a new one: {e}");
-            let id = tasks.spawn(receive_loop(socket.clone(), shared.clone(), shutdown.clone())).id();
+            let id = tasks.spawn(receive_loop(socket.clone(), shutdown.clone())).id();
             serving.insert(id, socket);
         }
     }
 }
 
-/// One received datagram's slot in a batch.
+/// One received datagram's place in a batch.
 struct Slot {
     buf: Vec<u8>,
     len: usize,
+    /// Longer than the buffer: the kernel cut it (`MSG_TRUNC`).
+    truncated: bool,
     peer: Option<SocketAddr>,
-    /// `peer` formatted for the plugin, reusing its allocation.
-    peer_text: String,
+    /// Where it was sent to, and the address to reply from (`IP_PKTINFO`).
+    destination: Option<(IpAddr, IpAddr)>,
 }
 
-async fn receive_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let max = shared.max_request;
+async fn receive_loop(socket: Arc<Socket>, shutdown: CancellationToken) {
+    let ctx = &socket.ctx;
     // One more byte than accepted: a datagram that fills it was too long.
-    let size = max.saturating_add(1).min(MAX_DATAGRAM);
-    let mut slots: Vec<Slot> =
-        (0..BATCH).map(|_| Slot { buf: vec![0; size], len: 0, peer: None, peer_text: String::new() }).collect();
-    let stats = shared.dispatcher.stats();
+    let size = ctx.max_request.saturating_add(1).min(MAX_DATAGRAM);
+    let mut slots: Vec<Slot> = (0..BATCH)
+        .map(|_| Slot { buf: vec![0; size], len: 0, truncated: false, peer: None, destination: None })
+        .collect();
+    let mut replies: Vec<Datagram> = Vec::with_capacity(BATCH);
     loop {
         let received = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            r = socket.async_io(Interest::READABLE, || recv_batch(&socket, &mut slots)) => r,
+            r = socket.socket.async_io(Interest::READABLE, || recv_batch(&socket, &mut slots)) => r,
         };
         let n = match received {
             Ok(n) => n,
             Err(e) => {
                 // E.g. ICMP port unreachable reported for an earlier send.
-                tracing::debug!(local, "udp receive error: {e}");
+                tracing::debug!(local = %socket.addr, "udp receive error: {e}");
                 continue;
             }
         };
-        // Check and address every datagram of the batch first.
-        let mut valid = 0;
-        for slot in &mut slots[..n] {
-            let Some(peer) = slot.peer else { continue };
-            if slot.len > max {
-                slot.peer = None;
-                Stats::incr(&stats.requests_dropped);
-                log_limited!(warn, %peer, local, "datagram dropped: larger than {max} bytes (--max-request)");
-                continue;
+        // Requests of one batch run one after another in one session (in
+        // reuse mode, on one instance): the fastest way through a batch of
+        // quick requests.
+        let mut session = ctx.dispatcher.session();
+        for slot in &slots[..n] {
+            let Some((req, source)) = socket.request(slot) else { continue };
+            let peer = req.peer;
+            let mut call = session.start(req, ctx.udp_reply);
+            match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+                Poll::Ready((outcome, lease)) => {
+                    session.keep(lease);
+                    if let Outcome::Reply(bytes) = outcome {
+                        replies.push(Datagram { peer, source, bytes });
+                    }
+                }
+                Poll::Pending => socket.finish_elsewhere(call, peer, source),
             }
-            slot.peer_text.clear();
-            let _ = write!(slot.peer_text, "{peer}");
-            valid += 1;
         }
-        let requests = slots[..n].iter().filter_map(|slot| {
-            let peer = slot.peer?;
-            let req = Request {
-                transport: Transport::Udp,
-                peer: &slot.peer_text,
-                local: &local,
-                payload: &slot.buf[..slot.len],
-            };
-            Some((peer, req))
-        });
-        serve_batch(&shared, requests, valid, &socket, &local).await;
-    }
-}
-
-/// Serve one batch and send its replies.
-///
-/// Requests run one after another in one session (in reuse mode, on one
-/// instance), which is the fastest way through a batch of quick requests.
-/// The first request that does not finish at once (it yielded at an epoch
-/// tick, or waits in a host call) is finished concurrently with the rest of
-/// the batch, so one slow or hostile request delays the others by nothing
-/// more than its own first slice; their replies go out as they are ready.
-/// The batch is done (and on a shutdown, drained) before the loop receives
-/// again.
-async fn serve_batch<'a>(
-    shared: &Shared,
-    mut requests: impl Iterator<Item = (SocketAddr, Request<'a>)>,
-    count: usize,
-    socket: &UdpSocket,
-    local: &str,
-) {
-    let stats = shared.dispatcher.stats();
-    let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(count);
-    let mut session = shared.dispatcher.session();
-    while let Some((peer, req)) = requests.next() {
-        let mut call = std::pin::pin!(session.dispatch(req));
-        let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-        if let Poll::Ready(outcome) = polled {
-            collect((peer, outcome), &mut replies);
-            continue;
-        }
-        // A slow request: send what is ready, then run it alongside the rest.
-        send_all(socket, &replies, local, stats).await;
+        drop(session);
+        socket.send_all(&replies).await;
         replies.clear();
-        let mut calls = FuturesUnordered::new();
-        calls.push(Either::Left(async move { (peer, call.await) }));
-        for (peer, req) in requests.by_ref() {
-            let dispatcher = &shared.dispatcher;
-            calls.push(Either::Right(async move { (peer, dispatcher.dispatch(req).await) }));
-        }
-        while let Some(first) = calls.next().await {
-            collect(first, &mut replies);
-            while let Some(Some(ready)) = calls.next().now_or_never() {
-                collect(ready, &mut replies);
-            }
-            send_all(socket, &replies, local, stats).await;
-            replies.clear();
-        }
-        return;
     }
-    drop(session);
-    send_all(socket, &replies, local, stats).await;
 }
 
-fn collect((peer, outcome): (SocketAddr, Outcome), replies: &mut Vec<(SocketAddr, Vec<u8>)>) {
-    if let Outcome::Reply(reply) = outcome {
-        replies.push((peer, reply));
+impl Socket {
+    /// The request in `slot`, and the address to reply from; `None` (and
+    /// counted) if the datagram is not served.
+    fn request(&self, slot: &Slot) -> Option<(Request, Option<IpAddr>)> {
+        let peer = slot.peer?;
+        let max = self.ctx.max_request;
+        if slot.truncated || slot.len > max {
+            Stats::incr(&self.ctx.dispatcher.stats().requests_dropped);
+            log_limited!(warn, %peer, local = %self.addr, "datagram dropped: larger than {max} bytes (--max-request)");
+            return None;
+        }
+        let (local, source) = match slot.destination {
+            Some((to, from)) => (SocketAddr::new(to, self.addr.port()), Some(from)),
+            None => (self.addr, None),
+        };
+        let payload = Bytes::copy_from_slice(&slot.buf[..slot.len]);
+        Some((Request { transport: Transport::Udp, peer, local, payload }, source))
+    }
+
+    /// Finish a request that has to wait on a task of its own, which sends
+    /// its reply; drop it if too many already wait.
+    fn finish_elsewhere(self: &Arc<Self>, call: Call, peer: SocketAddr, source: Option<IpAddr>) {
+        let Ok(permit) = self.waiting.clone().try_acquire_owned() else {
+            Stats::incr(&self.ctx.dispatcher.stats().requests_dropped);
+            log_limited!(
+                warn, %peer, local = %self.addr,
+                "request dropped: {MAX_WAITING_PER_SOCKET} slow requests already wait on this socket"
+            );
+            return;
+        };
+        let socket = self.clone();
+        // On the tracker, so that a shutdown drains it like the others.
+        self.ctx.tracker.spawn(async move {
+            let (outcome, lease) = call.await;
+            drop(lease);
+            drop(permit);
+            if let Outcome::Reply(bytes) = outcome {
+                socket.send_all(&[Datagram { peer, source, bytes }]).await;
+            }
+        });
+    }
+
+    /// Send `replies` with as few `sendmmsg` calls as the socket allows.
+    async fn send_all(&self, replies: &[Datagram]) {
+        let stats = self.ctx.dispatcher.stats();
+        let mut rest = replies;
+        while let Some(first) = rest.first() {
+            // The longest run of replies from one source address.
+            let run = rest.iter().take(BATCH).take_while(|d| d.source == first.source).count();
+            match self.socket.async_io(Interest::WRITABLE, || send_batch(&self.socket, &rest[..run])).await {
+                Ok(sent) => {
+                    stats.replies.fetch_add(sent as u64, Relaxed);
+                    rest = &rest[sent.clamp(1, rest.len())..];
+                }
+                Err(e) => {
+                    // The first datagram failed (e.g. its peer's port is
+                    // unreachable); count it, skip it and send the rest.
+                    Stats::incr(&stats.udp_send_errors);
+                    log_limited!(debug, peer = %first.peer, local = %self.addr, "udp send failed: {e}");
+                    rest = &rest[1..];
+                }
+            }
+        }
     }
 }
 
 /// Receive up to [`BATCH`] datagrams without blocking. Sets each slot's
-/// length and peer; `Ok(n)` means the first `n` slots are filled.
-fn recv_batch(socket: &UdpSocket, slots: &mut [Slot]) -> io::Result<usize> {
-    let results: Vec<(usize, Option<SockaddrStorage>, bool)> = {
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots.len(), None);
+/// length, peer and destination; `Ok(n)` means the first `n` slots are filled.
+fn recv_batch(socket: &Socket, slots: &mut [Slot]) -> io::Result<usize> {
+    type Received = (usize, bool, Option<SockaddrStorage>, Option<(IpAddr, IpAddr)>);
+    let results: Vec<Received> = {
+        let cmsg = socket.pktinfo.then(|| nix::cmsg_space!(nix::libc::in6_pktinfo));
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots.len(), cmsg);
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = slots.iter_mut().map(|s| [IoSliceMut::new(&mut s.buf)]).collect();
-        recvmmsg(socket.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?
-            .map(|m| (m.bytes, m.address, m.flags.contains(MsgFlags::MSG_TRUNC)))
+        recvmmsg(socket.socket.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?
+            .map(|m| {
+                let destination = m.cmsgs().ok().and_then(|mut c| c.find_map(|c| destination(&c)));
+                (m.bytes, m.flags.contains(MsgFlags::MSG_TRUNC), m.address, destination)
+            })
             .collect()
     };
-    for (slot, (bytes, address, truncated)) in slots.iter_mut().zip(&results) {
-        // A truncated datagram was longer than the buffer: report it as
-        // such so that it is dropped, never served cut short.
-        slot.len = if *truncated { slot.buf.len() + 1 } else { *bytes };
+    for (slot, (bytes, truncated, address, destination)) in slots.iter_mut().zip(&results) {
+        slot.len = *bytes;
+        slot.truncated = *truncated;
         slot.peer = address.as_ref().and_then(to_std);
+        slot.destination = *destination;
     }
     Ok(results.len())
 }
 
-/// Send `replies` with as few `sendmmsg` calls as the socket allows.
-async fn send_all(socket: &UdpSocket, replies: &[(SocketAddr, Vec<u8>)], local: &str, stats: &Stats) {
-    let mut rest = replies;
-    while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(BATCH)];
-        match socket.async_io(Interest::WRITABLE, || send_batch(socket, chunk)).await {
-            Ok(sent) => {
-                stats.replies.fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
-                rest = &rest[sent.max(1).min(rest.len())..];
-            }
-            Err(e) => {
-                // The first datagram failed (e.g. its peer's port is
-                // unreachable); skip it and send the rest.
-                tracing::debug!(peer = %rest[0].0, local, "udp send failed: {e}");
-                rest = &rest[1..];
-            }
+/// The (destination, reply source) addresses of a datagram, from its
+/// `IP_PKTINFO` / `IPV6_PKTINFO` control message.
+fn destination(cmsg: &ControlMessageOwned) -> Option<(IpAddr, IpAddr)> {
+    match cmsg {
+        ControlMessageOwned::Ipv4PacketInfo(info) => {
+            let to = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+            // The local address the kernel would route a reply from: the
+            // same as `to` for unicast, a real address for a broadcast.
+            let from = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+            Some((to.into(), from.into()))
         }
+        ControlMessageOwned::Ipv6PacketInfo(info) => {
+            let to = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+            Some((to.into(), to.into()))
+        }
+        _ => None,
     }
 }
 
-fn send_batch(socket: &UdpSocket, replies: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), None);
-    let iovs: Vec<[IoSlice<'_>; 1]> = replies.iter().map(|(_, r)| [IoSlice::new(r)]).collect();
-    let addrs: Vec<Option<SockaddrStorage>> = replies.iter().map(|(a, _)| Some(SockaddrStorage::from(*a))).collect();
-    let sent = sendmmsg(socket.as_raw_fd(), &mut headers, &iovs, addrs, [], MsgFlags::MSG_DONTWAIT)?.count();
+/// Send `replies`, which share one source address, with one `sendmmsg`.
+fn send_batch(socket: &UdpSocket, replies: &[Datagram]) -> io::Result<usize> {
+    let iovs: Vec<[IoSlice<'_>; 1]> = replies.iter().map(|d| [IoSlice::new(&d.bytes)]).collect();
+    let addrs: Vec<Option<SockaddrStorage>> = replies.iter().map(|d| Some(SockaddrStorage::from(d.peer))).collect();
+    let fd = socket.as_raw_fd();
+    let flags = MsgFlags::MSG_DONTWAIT;
+    let sent = match replies.first().and_then(|d| d.source) {
+        None => {
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), None);
+            sendmmsg(fd, &mut headers, &iovs, addrs, [], flags)?.count()
+        }
+        Some(IpAddr::V4(ip)) => {
+            let info = nix::libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from(ip).to_be() },
+                ipi_addr: nix::libc::in_addr { s_addr: 0 },
+            };
+            let cmsg = Some(nix::cmsg_space!(nix::libc::in_pktinfo));
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), cmsg);
+            sendmmsg(fd, &mut headers, &iovs, addrs, [ControlMessage::Ipv4PacketInfo(&info)], flags)?.count()
+        }
+        Some(IpAddr::V6(ip)) => {
+            let info =
+                nix::libc::in6_pktinfo { ipi6_addr: nix::libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
+            let cmsg = Some(nix::cmsg_space!(nix::libc::in6_pktinfo));
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), cmsg);
+            sendmmsg(fd, &mut headers, &iovs, addrs, [ControlMessage::Ipv6PacketInfo(&info)], flags)?.count()
+        }
+    };
     Ok(sent)
 }
 

@@ -2,10 +2,11 @@
 //!
 //! `bindgen!` generates the host side of the imported `log` interface. The
 //! exported `handle` is called through a typed function with a borrowed
-//! request record instead of the generated owned `Request`, so a payload goes
-//! from the socket buffer into guest memory with one copy and no allocation;
-//! its result is lifted by [`Reply`] and [`ErrorText`], which check the size
-//! of what the plugin returns before copying it.
+//! view of the host's [`Request`] ([`RequestText::view`]) instead of the generated
+//! owned record, so a payload goes from the socket buffer into guest memory
+//! with one copy and no allocation; its result is lifted by [`Reply`] and
+//! [`ErrorText`], which check the size of what the plugin returns before
+//! copying it.
 
 use wasmtime::component::{ComponentType, Lower};
 
@@ -19,47 +20,97 @@ mod generated {
 
 pub use generated::sockets::plugin::log::{Host as LogHost, Level, add_to_linker as add_log_to_linker};
 
-/// `sockets:plugin/types.transport`.
+use crate::request::{Request, Transport};
+
+/// `sockets:plugin/types.transport`, as the canonical ABI lowers it.
 #[derive(ComponentType, Lower, Clone, Copy, Debug, PartialEq, Eq)]
 #[component(enum)]
 #[repr(u8)]
-pub enum Transport {
-    /// UDP.
+pub enum WitTransport {
+    /// `udp`.
     #[component(name = "udp")]
     Udp,
-    /// TCP.
+    /// `tcp`.
     #[component(name = "tcp")]
     Tcp,
 }
 
-/// `sockets:plugin/types.request`, borrowing its strings and payload.
+/// `sockets:plugin/types.request`, borrowing everything from a [`Request`]
+/// and two formatted addresses: the payload goes from the socket buffer into
+/// guest memory with one copy and no allocation.
 #[derive(ComponentType, Lower, Clone, Copy, Debug)]
 #[component(record)]
-pub struct RequestRef<'a> {
-    /// How the request arrived.
-    pub transport: Transport,
-    /// Remote address.
-    pub peer: &'a str,
-    /// Local address.
-    pub local: &'a str,
-    /// Payload without framing.
-    pub payload: &'a [u8],
+pub struct RequestView<'a> {
+    transport: WitTransport,
+    peer: &'a str,
+    local: &'a str,
+    payload: &'a [u8],
+}
+
+/// The two addresses of a [`Request`], formatted for the plugin. Lives on
+/// the stack of the call, so a [`RequestView`] can borrow from it.
+pub struct RequestText {
+    peer: AddrText,
+    local: AddrText,
+}
+
+impl RequestText {
+    /// Format `req`'s addresses.
+    pub fn new(req: &Request) -> Self {
+        Self { peer: AddrText::new(&req.peer), local: AddrText::new(&req.local) }
+    }
+
+    /// The WIT record for `req`, whose addresses this formatted.
+    pub fn view<'a>(&'a self, req: &'a Request) -> RequestView<'a> {
+        let transport = match req.transport {
+            Transport::Udp => WitTransport::Udp,
+            Transport::Tcp => WitTransport::Tcp,
+        };
+        RequestView { transport, peer: self.peer.as_str(), local: self.local.as_str(), payload: &req.payload }
+    }
+}
+
+/// A socket address formatted into a fixed buffer, e.g. `127.0.0.1:4000` or
+/// `[fe80::1%2]:4000`: the longest form (an IPv6 address with an embedded
+/// IPv4 address and a scope id) is 64 bytes.
+struct AddrText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl AddrText {
+    fn new(addr: &std::net::SocketAddr) -> Self {
+        use std::fmt::Write as _;
+        let mut text = AddrText { buf: [0; 64], len: 0 };
+        // Cannot fail: every address fits (see above), and a longer one
+        // would be cut, never overflow.
+        let _ = write!(text, "{addr}");
+        text
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever appended.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for AddrText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// The type of `handle`'s parameters.
-pub type HandleParams<'a> = (RequestRef<'a>,);
+pub type HandleParams<'a> = (RequestView<'a>,);
 /// The type of `handle`'s result: `result<option<list<u8>>, string>`, lifted
 /// with the caps below.
 pub type HandleResult = (Result<Option<Reply>, ErrorText>,);
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        })
-    }
-}
 
 // ---- Replies lifted with a cap -------------------------------------------
 //
@@ -200,5 +251,24 @@ unsafe impl Lift for ErrorText {
         <WasmStr as Lift>::linear_lift_from_memory(cx, ty, bytes)?;
         let (_, len) = pair_from_memory(bytes);
         ErrorText::lift(cx, len, |cx| <String as Lift>::linear_lift_from_memory(cx, ty, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AddrText;
+
+    #[test]
+    fn the_longest_socket_address_fits() {
+        let addr = std::net::SocketAddrV6::new(
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap(),
+            65535,
+            0,
+            u32::MAX,
+        );
+        let text = AddrText::new(&addr.into());
+        assert_eq!(text.as_str(), addr.to_string());
+        let v4: std::net::SocketAddr = "255.255.255.255:65535".parse().unwrap();
+        assert_eq!(AddrText::new(&v4).as_str(), "255.255.255.255:65535");
     }
 }

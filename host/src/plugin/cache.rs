@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::loader::{hex, one_line};
+use super::{hex, one_line};
 
 /// Compiled components on disk, keyed by the sha256 of the plugin file and
 /// the engine's compatibility hash (wasmtime version and settings).
@@ -37,15 +37,6 @@ impl CompileCache {
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = hex(&sha2::Digest::finalize(h.0)[..8]);
         Self { dir, engine_key }
-    }
-
-    /// The default location: `$XDG_CACHE_HOME/wasm-sockets-host` or
-    /// `~/.cache/wasm-sockets-host`.
-    pub fn default_dir() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(base.join("wasm-sockets-host"))
     }
 
     /// `<sha256 of the plugin>-<engine key>.cwasm`.

@@ -29,6 +29,12 @@ pub const ASYNC_STACK: usize = MAX_WASM_STACK + (1 << 20);
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 /// Linear memories in one component (Python/JS components carry several).
 const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+/// Pool memories per instance slot (`--max-instances`). A component with more
+/// takes several slots ([`super::admission`]), so the pool never runs out of
+/// memories before it runs out of slots.
+pub(crate) const MEMORIES_PER_SLOT: u32 = 2;
+/// Pool tables per instance slot, likewise.
+pub(crate) const TABLES_PER_SLOT: u32 = 4;
 /// Tables in one component.
 const MAX_TABLES_PER_COMPONENT: u32 = 32;
 /// Elements per table: generous for interpreters' big indirect-call tables.
@@ -64,11 +70,13 @@ pub fn new_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::new();
     let instances = limits.max_instances.max(1);
     pool.total_component_instances(instances)
-        // Every component instance may hold several core instances, memories
-        // and tables; budget for typical use, not for every one at its maximum.
-        .total_core_instances(instances.saturating_mul(8))
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(4))
+        // Core instances only count (their metadata is allocated per
+        // instance), so allow every component its maximum. Memories and
+        // tables are reserved slots: budget per instance slot, and let
+        // admission give bigger components several slots.
+        .total_core_instances(instances.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(instances.saturating_mul(MEMORIES_PER_SLOT))
+        .total_tables(instances.saturating_mul(TABLES_PER_SLOT))
         // One fiber stack per async call in flight.
         .total_stacks(instances)
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)

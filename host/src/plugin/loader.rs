@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
+use super::admission::Admission;
 use super::cache::CompileCache;
-use super::{CallLimits, HostState, Plugin, PluginInfo, bindings};
+use super::{CallLimits, HostState, Plugin, PluginInfo, bindings, hex, one_line};
 use crate::stats::Stats;
 
 /// The world every plugin must implement, as users see it in errors.
@@ -57,6 +58,14 @@ pub enum LoadError {
         /// Names the missing import.
         message: String,
     },
+    /// One instance would need more of the engine's pool than it has.
+    #[error("plugin {path}: too big for this host: {message}")]
+    TooBig {
+        /// The plugin file.
+        path: PathBuf,
+        /// What it needs and what the limit is.
+        message: String,
+    },
     /// The component does not export `handle` with the contract's type.
     #[error("plugin {path}: does not implement the world {WORLD}: {message}")]
     World {
@@ -79,18 +88,25 @@ pub enum LoadError {
 pub struct Loader {
     engine: Engine,
     linker: Linker<HostState>,
+    admission: Arc<Admission>,
     cache: Option<CompileCache>,
     stats: Arc<Stats>,
 }
 
 impl Loader {
-    /// A loader whose linker offers WASI (no ambient authority) and `log`.
-    pub fn new(engine: Engine, cache_dir: Option<PathBuf>, stats: Arc<Stats>) -> anyhow::Result<Self> {
+    /// A loader whose linker offers WASI (no ambient authority) and `log`;
+    /// its plugins' instances take their room in the pool from `admission`.
+    pub fn new(
+        engine: Engine,
+        admission: Arc<Admission>,
+        cache_dir: Option<PathBuf>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Self> {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::add_log_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
-        Ok(Self { engine, linker, cache, stats })
+        Ok(Self { engine, linker, admission, cache, stats })
     }
 
     /// The engine plugins are compiled for.
@@ -116,12 +132,8 @@ impl Loader {
             _ => return Err(LoadError::NotWasm { path: p() }),
         }
         let started = std::time::Instant::now();
-        let info = Arc::new(PluginInfo {
-            name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-            version: digest[..12].to_string(),
-            sha256: digest.clone(),
-            path: p(),
-        });
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let info = Arc::new(PluginInfo::new(name, digest.clone(), p()));
 
         // Compilation takes milliseconds (Rust) to seconds (Python, JS):
         // never on the threads that serve requests.
@@ -140,7 +152,8 @@ impl Loader {
         let handle = component
             .get_export_index(None, "handle")
             .ok_or_else(|| LoadError::World { path: p(), message: "it does not export `handle`".into() })?;
-        let plugin = Plugin { info, pre, handle };
+        let weight = self.admission.weight(&component).map_err(|message| LoadError::TooBig { path: p(), message })?;
+        let plugin = Plugin { info, pre, handle, admission: self.admission.clone(), weight };
 
         // Validate: instantiate once and check the type of `handle`.
         let instance = plugin
@@ -211,18 +224,4 @@ impl PluginFile {
         .await
         .map_err(std::io::Error::other)?
     }
-}
-
-/// `bytes` in lower-case hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// An error and its causes on one line.
-pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
-    format!("{e:#}").lines().map(str::trim).collect::<Vec<_>>().join(" ")
 }

@@ -7,10 +7,12 @@
 //! default each request gets a fresh instance, so no state leaks from one
 //! request to the next.
 
+pub mod admission;
 pub mod bindings;
 pub mod cache;
 pub mod engine;
 pub mod loader;
+mod output;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,10 +20,13 @@ use std::time::Duration;
 
 use wasmtime::component::{Func, InstancePre, ResourceTable, TypedFunc};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub use bindings::{Reply, RequestRef, Transport};
+use crate::ratelimit::Limiter;
+
+pub use bindings::Reply;
+
+use crate::request::Request;
 
 /// Bytes of plugin stdout/stderr kept per request; the rest is dropped.
 pub const MAX_PLUGIN_OUTPUT: usize = 16 << 10;
@@ -39,6 +44,44 @@ pub struct PluginInfo {
     pub sha256: String,
     /// Where it was loaded from.
     pub path: PathBuf,
+    /// Lines the plugin writes: its `log` calls, stdout and stderr.
+    lines: Limiter,
+    /// The host's notes about the plugin's output (bytes dropped).
+    notes: Limiter,
+}
+
+/// Log lines a plugin causes are rate-limited per plugin version, not per
+/// call site (`log_limited!`): a static limiter at the call site would be
+/// shared by every plugin the host serves, so one noisy plugin would
+/// silence what the others print. Per version, each plugin gets
+/// [`crate::ratelimit::LINES_PER_SECOND`] lines a second of its own, and the
+/// number of limiters is the number of loaded versions, which the operator
+/// chooses. The notes about dropped output have their own limiter, so they
+/// are still seen when the plugin's own lines are being cut.
+impl PluginInfo {
+    fn new(name: String, sha256: String, path: PathBuf) -> Self {
+        let version = sha256[..12].to_string();
+        Self { name, version, sha256, path, lines: Limiter::new(), notes: Limiter::new() }
+    }
+
+    /// Log one line written by the plugin, if its rate limit allows:
+    /// `event` gets the number of lines left out before it (`None` if none).
+    /// A line below the log level costs nothing and takes no share of the
+    /// limit.
+    fn log_line(&self, level: tracing::Level, event: impl FnOnce(Option<u64>)) {
+        if level <= tracing::level_filters::LevelFilter::current()
+            && let Some(n) = self.lines.allow()
+        {
+            event((n > 0).then_some(n));
+        }
+    }
+
+    /// Like [`Self::log_line`], for the host's notes about the plugin.
+    fn log_note(&self, event: impl FnOnce(Option<u64>)) {
+        if let Some(n) = self.notes.allow() {
+            event((n > 0).then_some(n));
+        }
+    }
 }
 
 /// One compiled, linked and validated plugin version.
@@ -46,6 +89,8 @@ pub struct Plugin {
     info: Arc<PluginInfo>,
     pre: InstancePre<HostState>,
     handle: wasmtime::component::ComponentExportIndex,
+    admission: Arc<admission::Admission>,
+    weight: admission::Weight,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -113,7 +158,10 @@ impl Plugin {
     /// future can stop it, and a long-running call yields to the other
     /// requests at every epoch tick. Measured in `benches/instance.rs`, a
     /// fiber adds about 0.15 µs to a call and 0.4 µs to a fresh instance.
+    ///
+    /// Waits until the engine's pool has room for it ([`admission`]).
     pub async fn instantiate(&self, limits: &CallLimits) -> Result<Instance, CallError> {
+        let permit = self.admission.admit(self.weight).await;
         let mut store = Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory));
         store.limiter(|s| &mut s.limits);
         // At every epoch tick: trap once the call's tick budget (set per
@@ -138,7 +186,7 @@ impl Plugin {
         let handle = instance
             .get_func(&mut store, self.handle)
             .ok_or_else(|| CallError::Instantiate(anyhow::anyhow!("instance has no `handle` export")))?;
-        Ok(Instance { store, handle, calls: 0 })
+        Ok(Instance { store, handle, calls: 0, _permit: permit })
     }
 }
 
@@ -147,6 +195,9 @@ pub struct Instance {
     store: Store<HostState>,
     handle: Func,
     calls: u64,
+    /// This instance's room in the pool. Declared last, so it is released
+    /// only after the store (and its pool slots) has been dropped.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Instance {
@@ -163,7 +214,7 @@ impl Instance {
     /// host function.
     pub async fn call(
         &mut self,
-        req: RequestRef<'_>,
+        req: &Request,
         limits: &CallLimits,
         max_reply: usize,
     ) -> Result<Option<Reply>, CallError> {
@@ -171,14 +222,17 @@ impl Instance {
         if self.calls > 1 {
             // A reused instance gets a fresh budget for every call.
             arm(&mut self.store, limits)?;
+            self.store.data_mut().begin_call();
         }
         // SAFETY: the loader checked that `handle` has exactly this type with
         // `Func::typed`; only the lifetime of the borrowed request differs,
         // which does not change the canonical ABI.
         let func: TypedFunc<bindings::HandleParams<'_>, bindings::HandleResult> =
             unsafe { TypedFunc::new_unchecked(self.handle) };
-        let result = bindings::with_reply_cap(max_reply, func.call_async(&mut self.store, (req,))).await;
-        self.store.data_mut().flush_output();
+        let text = bindings::RequestText::new(req);
+        let call = func.call_async(&mut self.store, (text.view(req),));
+        let result = bindings::with_reply_cap(max_reply, call).await;
+        self.store.data_mut().end_call();
         match result {
             Ok((Ok(reply),)) => Ok(reply),
             Ok((Err(message),)) => Err(CallError::Plugin(truncate(message.0, MAX_LOG_MESSAGE))),
@@ -247,30 +301,26 @@ pub struct HostState {
 }
 
 /// WASI for one store: no args, no env, no files, no network; stdout and
-/// stderr captured for the log.
+/// stderr go to the log ([`output`]).
 struct WasiState {
     ctx: WasiCtx,
     table: ResourceTable,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-    /// How much of stdout/stderr was already logged (instances can be reused).
-    logged: [usize; 2],
+    output: output::PluginOutput,
 }
 
 impl WasiState {
-    fn new() -> Self {
-        let stdout = MemoryOutputPipe::new(MAX_PLUGIN_OUTPUT);
-        let stderr = MemoryOutputPipe::new(MAX_PLUGIN_OUTPUT);
+    fn new(info: Arc<PluginInfo>) -> Self {
+        let output = output::PluginOutput::new(info);
         // The WASI defaults grant nothing: no args, no env, no preopened
         // directories. Sockets are refused explicitly as well.
         let ctx = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
+            .stdout(output.stdout())
+            .stderr(output.stderr())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Self { ctx, table: ResourceTable::new(), stdout, stderr, logged: [0; 2] }
+        Self { ctx, table: ResourceTable::new(), output }
     }
 }
 
@@ -285,33 +335,25 @@ impl HostState {
         Self { limits, info, ticks_left: 0, wasi: None }
     }
 
-    /// Send what the plugin printed to the host's log, one event per line.
-    fn flush_output(&mut self) {
-        let Some(wasi) = self.wasi.as_deref_mut() else {
-            return;
-        };
-        for (i, pipe) in [&wasi.stdout, &wasi.stderr].into_iter().enumerate() {
-            let bytes = pipe.contents();
-            let new = &bytes[wasi.logged[i].min(bytes.len())..];
-            if new.is_empty() {
-                continue;
-            }
-            wasi.logged[i] = bytes.len();
-            let (name, version) = (&self.info.name, &self.info.version);
-            for line in String::from_utf8_lossy(new).lines() {
-                if i == 0 {
-                    tracing::info!(plugin = %name, %version, stream = "stdout", "{line}");
-                } else {
-                    tracing::warn!(plugin = %name, %version, stream = "stderr", "{line}");
-                }
-            }
+    /// A call of a reused instance starts: a fresh output budget. (A fresh
+    /// instance builds its WASI context, with a full budget, on first use.)
+    fn begin_call(&mut self) {
+        if let Some(wasi) = &self.wasi {
+            wasi.output.begin_call();
+        }
+    }
+
+    /// A call ended: log what is left of the plugin's output.
+    fn end_call(&mut self) {
+        if let Some(wasi) = &self.wasi {
+            wasi.output.end_call();
         }
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let wasi = self.wasi.get_or_insert_with(|| Box::new(WasiState::new()));
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(WasiState::new(self.info.clone())));
         WasiCtxView { ctx: &mut wasi.ctx, table: &mut wasi.table }
     }
 }
@@ -319,14 +361,39 @@ impl WasiView for HostState {
 impl bindings::LogHost for HostState {
     fn log(&mut self, level: bindings::Level, message: String) {
         use bindings::Level;
-        let message = truncate(message, MAX_LOG_MESSAGE);
-        let (name, version) = (&self.info.name, &self.info.version);
-        match level {
-            Level::Trace => tracing::trace!(plugin = %name, %version, "{message}"),
-            Level::Debug => tracing::debug!(plugin = %name, %version, "{message}"),
-            Level::Info => tracing::info!(plugin = %name, %version, "{message}"),
-            Level::Warn => tracing::warn!(plugin = %name, %version, "{message}"),
-            Level::Error => tracing::error!(plugin = %name, %version, "{message}"),
-        }
+        use tracing::Level as L;
+        let info = &self.info;
+        let (name, version) = (&info.name, &info.version);
+        let at = match level {
+            Level::Trace => L::TRACE,
+            Level::Debug => L::DEBUG,
+            Level::Info => L::INFO,
+            Level::Warn => L::WARN,
+            Level::Error => L::ERROR,
+        };
+        info.log_line(at, |suppressed| {
+            let message = truncate(message, MAX_LOG_MESSAGE);
+            match level {
+                Level::Trace => tracing::trace!(plugin = %name, %version, suppressed, "{message}"),
+                Level::Debug => tracing::debug!(plugin = %name, %version, suppressed, "{message}"),
+                Level::Info => tracing::info!(plugin = %name, %version, suppressed, "{message}"),
+                Level::Warn => tracing::warn!(plugin = %name, %version, suppressed, "{message}"),
+                Level::Error => tracing::error!(plugin = %name, %version, suppressed, "{message}"),
+            }
+        });
     }
+}
+
+/// `bytes` in lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// An error and its causes on one line.
+pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
+    format!("{e:#}").lines().map(str::trim).collect::<Vec<_>>().join(" ")
 }

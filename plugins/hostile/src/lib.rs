@@ -17,8 +17,11 @@
 //! | `big:N`     | replies with N bytes of `x`                             |
 //! | `count`     | bumps a global counter and replies with it              |
 //! | `print`     | writes to stdout and stderr, then replies `printed`     |
+//! | `print:N`   | writes N bytes to stdout in lines of 100 (`print line I ...`), then replies `printed` |
+//! | `logspam:N` | calls the `log` import N times (`logspam I`), then replies `logged` |
 //! | `err`       | returns `err("refused")`                                |
 //! | `none`      | returns `ok(none)`                                      |
+//! | `whoami`    | replies `TRANSPORT PEER LOCAL`, as the host passed them |
 //! | anything else | echoes the payload                                    |
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,7 +63,24 @@ impl Plugin for Hostile {
             }
             b"err" => Err("refused".into()),
             b"none" => Ok(None),
+            b"whoami" => {
+                let transport = match req.transport {
+                    sockets_plugin::Transport::Udp => "udp",
+                    sockets_plugin::Transport::Tcp => "tcp",
+                };
+                Ok(Some(format!("{transport} {} {}", req.peer, req.local).into_bytes()))
+            }
             _ if p.starts_with(b"big:") => Ok(Some(vec![b'x'; number(&p[4..])? as usize])),
+            _ if p.starts_with(b"print:") => {
+                print_lines(number(&p[6..])? as usize);
+                Ok(Some(b"printed".to_vec()))
+            }
+            _ if p.starts_with(b"logspam:") => {
+                for i in 0..number(&p[8..])? {
+                    sockets_plugin::log::info(&format!("logspam {i}"));
+                }
+                Ok(Some(b"logged".to_vec()))
+            }
             _ if p.starts_with(b"sleep:") => {
                 std::thread::sleep(std::time::Duration::from_millis(number(&p[6..])?));
                 Ok(Some(b"slept".to_vec()))
@@ -75,6 +95,25 @@ impl Plugin for Hostile {
             _ => Ok(Some(p)),
         }
     }
+}
+
+/// Print `total` bytes to stdout: lines of 100 bytes (newline included),
+/// each starting `print line I `; the last one may be shorter.
+fn print_lines(total: usize) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let mut left = total;
+    let mut i = 0;
+    while left > 0 {
+        let mut line = format!("print line {i} ").into_bytes();
+        line.resize(99, b'.');
+        line.push(b'\n');
+        line.truncate(left);
+        out.write_all(&line).expect("stdout");
+        left -= line.len();
+        i += 1;
+    }
+    out.flush().expect("stdout");
 }
 
 fn number(digits: &[u8]) -> Result<u64, String> {

@@ -35,7 +35,8 @@ pub mod bindings {
 /// The trait a plugin implements: `handle` is called once per request.
 ///
 /// Return `Ok(Some(bytes))` to reply, `Ok(None)` to send nothing, and
-/// `Err(message)` to have the host log `message` and send nothing.
+/// `Err(message)` to have the host log `message` and send nothing (on TCP it
+/// then closes the connection: the peer expected a reply).
 pub use bindings::Guest as Plugin;
 /// One request: transport, peer and local address, and the payload.
 pub use bindings::sockets::plugin::types::Request;
