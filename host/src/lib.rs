@@ -118,7 +118,15 @@ impl Server {
         let tracker = TaskTracker::new();
         let ctx = Arc::new(ListenerContext::new(&config, dispatcher.clone(), tracker.clone()));
         for b in bound {
-            b.serve(&ctx, token.clone())?;
+            // `listen` can still fail here: another socket with
+            // SO_REUSEADDR may have bound the port, and listened, while the
+            // plugin loaded. Stop everything already started, then say so.
+            if let Err(e) = b.serve(&ctx, token.clone()) {
+                token.cancel();
+                tracker.close();
+                tracker.wait().await;
+                return Err(e);
+            }
         }
         let info = dispatcher.versions().current().plugin().info().clone();
         tracing::info!("ready: serving plugin {} version {}", info.name, info.version);

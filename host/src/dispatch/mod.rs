@@ -24,7 +24,7 @@ use crate::request::Request;
 use crate::stats::Stats;
 
 pub use limits::{ReplyLimit, call_limits};
-pub use version::{Lease, Version, Versions};
+pub use version::{CallPolicy, Lease, Version, Versions};
 
 /// What the listener does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,20 +48,15 @@ pub type Call = Pin<Box<dyn Future<Output = (Outcome, Option<Lease>)> + Send>>;
 pub struct Dispatcher {
     versions: Versions,
     limits: CallLimits,
-    /// Requests one instance may serve (1: a fresh instance per request).
-    reuse: u64,
     stats: Arc<Stats>,
 }
 
 impl Dispatcher {
     /// A dispatcher serving `plugin` under `config`'s limits.
     pub fn new(plugin: Plugin, config: &Config, stats: Arc<Stats>) -> Self {
-        Self {
-            versions: Versions::new(plugin),
-            limits: call_limits(config),
-            reuse: config.instance_reuse.max(1),
-            stats,
-        }
+        let limits = call_limits(config);
+        let policy = CallPolicy { limits, reuse: config.instance_reuse.max(1), stats: stats.clone() };
+        Self { versions: Versions::new(plugin, policy), limits, stats }
     }
 
     /// The plugin versions.
@@ -82,8 +77,8 @@ impl Dispatcher {
     /// A session for requests that run one after another, such as the
     /// frames of one TCP read. In reuse mode it keeps its instance from one
     /// request to the next instead of going through the shared idle pool.
-    pub fn session(self: &Arc<Self>) -> Session {
-        Session { dispatcher: self.clone(), held: None }
+    pub fn session(&self) -> Session<'_> {
+        Session { dispatcher: self, held: None }
     }
 
     /// Drop instances idle for too long (reuse mode); call about once a
@@ -97,88 +92,90 @@ impl Dispatcher {
 
     /// Start `req` on the current version, on `held` if it is an instance of
     /// that version.
-    fn call(self: &Arc<Self>, req: Request, limit: ReplyLimit, held: Option<Lease>) -> Call {
-        let d = self.clone();
+    fn call(&self, req: Request, limit: ReplyLimit, held: Option<Lease>) -> Call {
+        let version = self.versions.current();
         Box::pin(async move {
-            let version = d.versions.current();
-            Stats::incr(&d.stats.requests);
+            let policy = version.policy();
+            Stats::incr(&policy.stats.requests);
             let max_reply = limit.cap(req.payload.len());
             let held = held.filter(|lease| lease.is_of(&version));
             let attempt = async {
                 let mut instance = match held.or_else(|| version.take_idle()) {
                     Some(lease) => lease.into_instance(),
-                    None => version.plugin().instantiate(&d.limits).await?,
+                    None => version.plugin().instantiate(&policy.limits).await?,
                 };
-                let result = instance.call(&req, &d.limits, max_reply).await;
+                let result = instance.call(&req, &policy.limits, max_reply).await;
                 Ok::<_, CallError>((result, instance))
             };
             // The epoch deadline stops guest code; this timer also stops a
             // call that is blocked inside a host function (or waiting for
             // room in the pool). Two ticks of grace let the epoch trap (with
             // its clearer message) win when both fire.
-            let (result, lease) = match limits::bounded(d.limits.timeout + 2 * EPOCH_TICK, attempt).await {
+            let (result, lease) = match limits::bounded(policy.limits.timeout + 2 * EPOCH_TICK, attempt).await {
                 Some(Ok((result, instance))) => {
-                    let healthy = result.as_ref().map_or_else(|e| !e.poisons_instance(), |_| true);
-                    let lease = (healthy && instance.calls() < d.reuse).then(|| Lease::new(version.clone(), instance));
+                    // An instance that failed in any way, or returned a reply
+                    // over a cap, is not trusted with another request.
+                    let healthy = matches!(result, Ok(None | Some(Reply::Bytes(_))));
+                    let lease =
+                        (healthy && instance.calls() < policy.reuse).then(|| Lease::new(version.clone(), instance));
                     (result, lease)
                 }
                 Some(Err(e)) => (Err(e), None),
-                None => (Err(CallError::Timeout(d.limits.timeout)), None),
+                None => (Err(CallError::Timeout(policy.limits.timeout)), None),
             };
-            (d.outcome(&req, version.plugin().info(), &limit, result), lease)
+            (outcome(&policy.stats, &req, version.plugin().info(), &limit, result), lease)
         })
     }
+}
 
-    fn outcome(
-        &self,
-        req: &Request,
-        info: &PluginInfo,
-        limit: &ReplyLimit,
-        result: Result<Option<Reply>, CallError>,
-    ) -> Outcome {
-        let (plugin, version, transport, peer) = (&info.name, &info.version, req.transport, req.peer);
-        let reply = match result {
-            Ok(Some(Reply::Bytes(reply))) => reply,
-            Ok(Some(Reply::TooLarge(len))) => {
-                Stats::incr(&self.stats.replies_dropped);
-                log_limited!(
-                    warn, %plugin, %version, %transport, %peer,
-                    "reply of {len} bytes not sent: {}", limit.explain(req.payload.len(), len)
-                );
-                return Outcome::Failed;
-            }
-            Ok(None) => {
-                Stats::incr(&self.stats.no_reply);
-                tracing::debug!(%plugin, %version, %peer, "no reply");
-                return Outcome::NoReply;
-            }
-            Err(err) => {
-                let counter = match &err {
-                    CallError::Plugin(_) => &self.stats.plugin_errors,
-                    CallError::Timeout(_) | CallError::OutOfFuel => &self.stats.timeouts,
-                    CallError::Trap(_) | CallError::Instantiate(_) => &self.stats.traps,
-                };
-                Stats::incr(counter);
-                log_limited!(warn, %plugin, %version, %transport, %peer, "request failed: {err}");
-                return Outcome::Failed;
-            }
-        };
-        tracing::debug!(
-            %plugin, %version, %transport, %peer, request = req.payload.len(), reply = reply.len(), "served"
-        );
-        Outcome::Reply(reply)
-    }
+/// Count and log what a call gave, and say what the listener does next.
+fn outcome(
+    stats: &Stats,
+    req: &Request,
+    info: &PluginInfo,
+    limit: &ReplyLimit,
+    result: Result<Option<Reply>, CallError>,
+) -> Outcome {
+    let (plugin, version, transport, peer) = (&info.name, &info.version, req.transport, req.peer);
+    let reply = match result {
+        Ok(Some(Reply::Bytes(reply))) => reply,
+        Ok(Some(Reply::TooLarge(len))) => {
+            Stats::incr(&stats.replies_dropped);
+            log_limited!(
+                warn, %plugin, %version, %transport, %peer,
+                "reply of {len} bytes not sent: {}", limit.explain(req.payload.len(), len)
+            );
+            return Outcome::Failed;
+        }
+        Ok(None) => {
+            Stats::incr(&stats.no_reply);
+            tracing::debug!(%plugin, %version, %peer, "no reply");
+            return Outcome::NoReply;
+        }
+        Err(err) => {
+            let counter = match &err {
+                CallError::Plugin(_) => &stats.plugin_errors,
+                CallError::Timeout(_) | CallError::OutOfFuel => &stats.timeouts,
+                CallError::Trap(_) | CallError::Instantiate(_) => &stats.traps,
+            };
+            Stats::incr(counter);
+            log_limited!(warn, %plugin, %version, %transport, %peer, "request failed: {err}");
+            return Outcome::Failed;
+        }
+    };
+    tracing::debug!(%plugin, %version, %transport, %peer, request = req.payload.len(), reply = reply.len(), "served");
+    Outcome::Reply(reply)
 }
 
 /// Requests dispatched one after another, sharing an instance in reuse mode.
 ///
 /// Dropping the session returns its instance to the idle pool.
-pub struct Session {
-    dispatcher: Arc<Dispatcher>,
+pub struct Session<'d> {
+    dispatcher: &'d Dispatcher,
     held: Option<Lease>,
 }
 
-impl Session {
+impl Session<'_> {
     /// Run one request and wait for it.
     pub async fn dispatch(&mut self, req: Request, limit: ReplyLimit) -> Outcome {
         let (outcome, lease) = self.start(req, limit).await;

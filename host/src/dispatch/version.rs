@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::plugin::{Instance, Plugin};
+use crate::plugin::{CallLimits, Instance, Plugin};
+use crate::stats::Stats;
 
 /// Idle instances kept per plugin version in reuse mode. More than the
 /// requests that run at once on a small machine; each one holds pool room.
@@ -25,16 +26,36 @@ const MAX_IDLE_INSTANCES: usize = 64;
 /// How long an idle instance is kept for reuse (as `wasmtime serve` does).
 pub const IDLE_INSTANCE_TTL: Duration = Duration::from_secs(1);
 
+/// How every request is called, whatever the version: carried by each
+/// version so that a request needs one reference-counted pointer, its
+/// version's, and no other shared count (two worker threads bumping one
+/// count per request cost more than the bump).
+#[derive(Clone)]
+pub struct CallPolicy {
+    /// The per-request limits.
+    pub limits: CallLimits,
+    /// Requests one instance may serve (1: a fresh instance per request).
+    pub reuse: u64,
+    /// The counters.
+    pub stats: Arc<Stats>,
+}
+
 /// A plugin version and its idle instances.
 pub struct Version {
     plugin: Plugin,
+    policy: CallPolicy,
     /// Idle instances, oldest first, with when each became idle.
     idle: Mutex<Vec<(Instance, Instant)>>,
 }
 
 impl Version {
-    fn new(plugin: Plugin) -> Arc<Self> {
-        Arc::new(Version { plugin, idle: Mutex::default() })
+    fn new(plugin: Plugin, policy: CallPolicy) -> Arc<Self> {
+        Arc::new(Version { plugin, policy, idle: Mutex::default() })
+    }
+
+    /// How its requests are called.
+    pub fn policy(&self) -> &CallPolicy {
+        &self.policy
     }
 
     /// The plugin of this version.
@@ -50,16 +71,21 @@ impl Version {
 
     /// Drop idle instances that have waited longer than `ttl`; returns how
     /// many.
+    /// Instances are dropped after the lock is released: dropping one
+    /// resets its pool slots, which requests must not wait for.
     fn expire(&self, now: Instant, ttl: Duration) -> usize {
-        let mut idle = self.idle.lock().expect("idle pool lock");
-        // Oldest first: the expired ones are a prefix.
-        let expired = idle.iter().take_while(|(_, since)| now.duration_since(*since) >= ttl).count();
-        idle.drain(..expired);
-        expired
+        let expired: Vec<_> = {
+            let mut idle = self.idle.lock().expect("idle pool lock");
+            // Oldest first: the expired ones are a prefix.
+            let n = idle.iter().take_while(|(_, since)| now.duration_since(*since) >= ttl).count();
+            idle.drain(..n).collect()
+        };
+        expired.len()
     }
 
     fn clear(&self) {
-        self.idle.lock().expect("idle pool lock").clear();
+        let idle = std::mem::take(&mut *self.idle.lock().expect("idle pool lock"));
+        drop(idle);
     }
 }
 
@@ -69,9 +95,9 @@ pub struct Versions {
 }
 
 impl Versions {
-    /// Serve `plugin`.
-    pub fn new(plugin: Plugin) -> Self {
-        Self { current: ArcSwap::new(Version::new(plugin)) }
+    /// Serve `plugin`, calling it under `policy`.
+    pub fn new(plugin: Plugin, policy: CallPolicy) -> Self {
+        Self { current: ArcSwap::new(Version::new(plugin, policy)) }
     }
 
     /// The version serving new requests.
@@ -83,7 +109,8 @@ impl Versions {
     /// already running finish on the version they started with. The old
     /// version's idle instances are dropped at once.
     pub fn swap(&self, plugin: Plugin) -> Arc<Version> {
-        let old = self.current.swap(Version::new(plugin));
+        let policy = self.current.load().policy.clone();
+        let old = self.current.swap(Version::new(plugin, policy));
         old.clear();
         old
     }

@@ -41,6 +41,10 @@ pub(crate) struct ListenerContext {
     pub connections: Arc<Semaphore>,
     pub udp_reply: ReplyLimit,
     pub tcp_reply: ReplyLimit,
+    /// Room for UDP requests moved off their receive loop, for the whole
+    /// host ([`udp::MAX_WAITING`], at most half of `--max-instances`, so
+    /// a flood of slow datagrams leaves room for TCP).
+    pub udp_waiting: Arc<Semaphore>,
     /// Connections and requests moved off a receive loop run here, so that
     /// a shutdown drains them.
     pub tracker: TaskTracker,
@@ -56,6 +60,7 @@ impl ListenerContext {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             udp_reply: ReplyLimit::udp(config),
             tcp_reply: ReplyLimit::tcp(config, config.framing),
+            udp_waiting: Arc::new(Semaphore::new(udp::MAX_WAITING.min((config.max_instances as usize / 2).max(1)))),
             tracker,
         }
     }
@@ -160,13 +165,14 @@ fn bind_udp(addr: SocketAddr, count: usize) -> std::io::Result<udp::UdpSockets> 
 /// Say so when the kernel grants a smaller UDP receive buffer than asked
 /// for: bursts beyond it are dropped by the kernel, uncounted by the host.
 fn warn_if_buffer_small(socket: &Socket, addr: SocketAddr) {
-    // Linux reports twice what it grants (the other half is bookkeeping).
-    let Ok(granted) = socket.recv_buffer_size() else { return };
-    if granted < UDP_RECV_BUFFER {
+    // Linux grants twice what it is asked for (the other half is for its
+    // bookkeeping) and reports that: compare like with like.
+    let Ok(reported) = socket.recv_buffer_size() else { return };
+    if reported < 2 * UDP_RECV_BUFFER {
         tracing::warn!(
             "udp {addr}: the kernel granted a receive buffer of {} KiB, less than the {} KiB asked for; \
              bursts beyond it are dropped (raise net.core.rmem_max)",
-            granted >> 10,
+            (reported / 2) >> 10,
             UDP_RECV_BUFFER >> 10
         );
     }

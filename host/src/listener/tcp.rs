@@ -203,13 +203,19 @@ impl FramedConn {
         Ok(frame)
     }
 
+    /// Whether sending a reply of `len` bytes writes to the peer (and may
+    /// wait for it) instead of only queueing it.
+    fn send_writes(&self, len: usize) -> bool {
+        self.out.len() + framing::overhead(self.decoder.framing()) + len > OUTPUT_HIGH_WATER
+    }
+
     /// Queue `reply`, framed. Pending output past [`OUTPUT_HIGH_WATER`] is
     /// written first; a reply that big on its own is written without being
     /// copied.
     async fn send(&mut self, reply: &[u8]) -> Result<(), ConnError> {
         let (prefix, suffix) = framing::envelope(self.decoder.framing(), reply.len())?;
         let framed = prefix.len() + reply.len() + suffix.len();
-        if self.out.len() + framed > OUTPUT_HIGH_WATER {
+        if self.send_writes(reply.len()) {
             self.flush().await?;
         }
         if framed <= OUTPUT_HIGH_WATER {
@@ -284,7 +290,8 @@ impl Handler {
     /// Serve until the peer closes, a request fails, or shutdown (which
     /// lets the frames already read finish, then closes).
     async fn run(mut self) -> Result<(), ConnError> {
-        let dispatcher = self.ctx.dispatcher.clone();
+        let ctx = self.ctx.clone();
+        let dispatcher = &ctx.dispatcher;
         let raw = self.conn.decoder.framing() == Framing::Raw;
         loop {
             let eof = tokio::select! {
@@ -295,12 +302,13 @@ impl Handler {
             // The frames of one read run one after another in one session,
             // so in reuse mode they share an instance without the pool.
             let mut session = dispatcher.session();
-            let mut failed = false;
+            let (mut failed, mut replies) = (false, 0);
             while let Some(payload) = self.conn.next_frame(eof)? {
                 let req = Request { transport: Transport::Tcp, peer: self.peer, local: self.local, payload };
                 match session.dispatch(req, self.reply_limit).await {
                     Outcome::Reply(reply) => {
-                        if self.conn.out.len() + reply.len() >= OUTPUT_HIGH_WATER {
+                        replies += 1;
+                        if self.conn.send_writes(reply.len()) {
                             // No instance is held while waiting on the peer.
                             drop(session);
                             self.conn.send(&reply).await?;
@@ -308,7 +316,6 @@ impl Handler {
                         } else {
                             self.conn.send(&reply).await?;
                         }
-                        Stats::incr(&dispatcher.stats().replies);
                     }
                     Outcome::NoReply => {}
                     Outcome::Failed => {
@@ -324,6 +331,7 @@ impl Handler {
                 tokio::task::coop::consume_budget().await;
             }
             drop(session);
+            dispatcher.stats().replies.fetch_add(replies, std::sync::atomic::Ordering::Relaxed);
             self.conn.flush().await?;
             if failed {
                 return Err(ConnError::RequestFailed);

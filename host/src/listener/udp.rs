@@ -12,8 +12,10 @@
 //! yielded at an epoch tick, or waits in a host call) is moved off the loop
 //! to a task of its own, which sends its reply when it is ready; the loop
 //! goes on receiving, so a slow request never delays the other peers of its
-//! socket. At most [`MAX_WAITING_PER_SOCKET`] requests wait per socket;
-//! past that a request that has to wait is dropped and counted.
+//! socket. A batch runs inline for at most [`BATCH_BUDGET`]: the rest of
+//! a batch of CPU-heavy requests goes to tasks without being run here
+//! first. At most [`MAX_WAITING`] requests wait for the whole host; past
+//! that a request that has to wait is dropped and counted.
 //!
 //! A socket bound to a wildcard address (`0.0.0.0`, `[::]`) asks the kernel
 //! for each datagram's destination address (`IP_PKTINFO`,
@@ -30,6 +32,7 @@ use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nix::sys::socket::{
@@ -37,7 +40,6 @@ use nix::sys::socket::{
 };
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{Call, Outcome};
@@ -55,9 +57,12 @@ const LOOPS_PER_SOCKET: usize = 2;
 /// Largest UDP payload (65,527 bytes over IPv6) plus one byte, so that a
 /// datagram that fills the buffer is known to be oversized.
 const MAX_DATAGRAM: usize = 65_536;
-/// Requests per socket that had to wait and were moved off its receive
-/// loops. Each holds its request and, at most, one plugin instance.
-pub const MAX_WAITING_PER_SOCKET: usize = 256;
+/// UDP requests that had to wait and were moved off their receive loops,
+/// for the whole host. Each holds its request and at most one instance.
+pub const MAX_WAITING: usize = 256;
+/// How long a receive loop runs a batch's requests itself; the rest go to
+/// tasks of their own.
+const BATCH_BUDGET: Duration = Duration::from_millis(1);
 
 /// The sockets bound to one UDP address, one per worker.
 pub(crate) struct UdpSockets {
@@ -74,17 +79,33 @@ struct Socket {
     socket: UdpSocket,
     addr: SocketAddr,
     pktinfo: bool,
-    /// Room for requests moved off the receive loops.
-    waiting: Arc<Semaphore>,
     ctx: Arc<ListenerContext>,
 }
 
 /// A reply on its way out.
 struct Datagram {
     peer: SocketAddr,
-    /// The source address to send from (wildcard sockets only).
-    source: Option<IpAddr>,
+    /// Where to send from (wildcard sockets only).
+    source: Option<Source>,
     bytes: Vec<u8>,
+}
+
+/// The address a reply leaves from, and for IPv6 the interface (a
+/// link-local address is only meaningful with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Source {
+    ip: IpAddr,
+    ifindex: u32,
+}
+
+/// Where a datagram was sent to, from its `IP_PKTINFO` / `IPV6_PKTINFO`.
+#[derive(Debug, Clone, Copy)]
+struct Destination {
+    /// The address the peer sent to (told to the plugin).
+    to: IpAddr,
+    /// The address to reply from: `None` lets the kernel choose (a reply
+    /// to a datagram sent to an IPv6 multicast group).
+    reply_from: Option<Source>,
 }
 
 /// Serve `bound` until `shutdown` is cancelled.
@@ -93,13 +114,7 @@ pub(crate) async fn serve(bound: UdpSockets, ctx: Arc<ListenerContext>, shutdown
     // Which socket each loop serves, to replace a loop that panicked.
     let mut serving = std::collections::HashMap::new();
     for socket in bound.sockets {
-        let socket = Arc::new(Socket {
-            socket,
-            addr: bound.addr,
-            pktinfo: bound.pktinfo,
-            waiting: Arc::new(Semaphore::new(MAX_WAITING_PER_SOCKET)),
-            ctx: ctx.clone(),
-        });
+        let socket = Arc::new(Socket { socket, addr: bound.addr, pktinfo: bound.pktinfo, ctx: ctx.clone() });
         for _ in 0..LOOPS_PER_SOCKET {
             let id = tasks.spawn(receive_loop(socket.clone(), shutdown.clone())).id();
             serving.insert(id, socket.clone());
@@ -125,8 +140,8 @@ struct Slot {
     /// Longer than the buffer: the kernel cut it (`MSG_TRUNC`).
     truncated: bool,
     peer: Option<SocketAddr>,
-    /// Where it was sent to, and the address to reply from (`IP_PKTINFO`).
-    destination: Option<(IpAddr, IpAddr)>,
+    /// Where it was sent to (wildcard sockets only).
+    destination: Option<Destination>,
 }
 
 async fn receive_loop(socket: Arc<Socket>, shutdown: CancellationToken) {
@@ -155,10 +170,15 @@ async fn receive_loop(socket: Arc<Socket>, shutdown: CancellationToken) {
         // reuse mode, on one instance): the fastest way through a batch of
         // quick requests.
         let mut session = ctx.dispatcher.session();
+        let started = Instant::now();
         for slot in &slots[..n] {
             let Some((req, source)) = socket.request(slot) else { continue };
             let peer = req.peer;
             let mut call = session.start(req, ctx.udp_reply);
+            if started.elapsed() > BATCH_BUDGET {
+                socket.finish_elsewhere(call, peer, source);
+                continue;
+            }
             match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
                 Poll::Ready((outcome, lease)) => {
                     session.keep(lease);
@@ -178,7 +198,7 @@ async fn receive_loop(socket: Arc<Socket>, shutdown: CancellationToken) {
 impl Socket {
     /// The request in `slot`, and the address to reply from; `None` (and
     /// counted) if the datagram is not served.
-    fn request(&self, slot: &Slot) -> Option<(Request, Option<IpAddr>)> {
+    fn request(&self, slot: &Slot) -> Option<(Request, Option<Source>)> {
         let peer = slot.peer?;
         let max = self.ctx.max_request;
         if slot.truncated || slot.len > max {
@@ -187,7 +207,7 @@ impl Socket {
             return None;
         }
         let (local, source) = match slot.destination {
-            Some((to, from)) => (SocketAddr::new(to, self.addr.port()), Some(from)),
+            Some(d) => (SocketAddr::new(d.to, self.addr.port()), d.reply_from),
             None => (self.addr, None),
         };
         let payload = Bytes::copy_from_slice(&slot.buf[..slot.len]);
@@ -196,13 +216,10 @@ impl Socket {
 
     /// Finish a request that has to wait on a task of its own, which sends
     /// its reply; drop it if too many already wait.
-    fn finish_elsewhere(self: &Arc<Self>, call: Call, peer: SocketAddr, source: Option<IpAddr>) {
-        let Ok(permit) = self.waiting.clone().try_acquire_owned() else {
+    fn finish_elsewhere(self: &Arc<Self>, call: Call, peer: SocketAddr, source: Option<Source>) {
+        let Ok(permit) = self.ctx.udp_waiting.clone().try_acquire_owned() else {
             Stats::incr(&self.ctx.dispatcher.stats().requests_dropped);
-            log_limited!(
-                warn, %peer, local = %self.addr,
-                "request dropped: {MAX_WAITING_PER_SOCKET} slow requests already wait on this socket"
-            );
+            log_limited!(warn, %peer, local = %self.addr, "request dropped: too many slow UDP requests already wait");
             return;
         };
         let socket = self.clone();
@@ -244,7 +261,7 @@ impl Socket {
 /// Receive up to [`BATCH`] datagrams without blocking. Sets each slot's
 /// length, peer and destination; `Ok(n)` means the first `n` slots are filled.
 fn recv_batch(socket: &Socket, slots: &mut [Slot]) -> io::Result<usize> {
-    type Received = (usize, bool, Option<SockaddrStorage>, Option<(IpAddr, IpAddr)>);
+    type Received = (usize, bool, Option<SockaddrStorage>, Option<Destination>);
     let results: Vec<Received> = {
         let cmsg = socket.pktinfo.then(|| nix::cmsg_space!(nix::libc::in6_pktinfo));
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots.len(), cmsg);
@@ -265,20 +282,21 @@ fn recv_batch(socket: &Socket, slots: &mut [Slot]) -> io::Result<usize> {
     Ok(results.len())
 }
 
-/// The (destination, reply source) addresses of a datagram, from its
-/// `IP_PKTINFO` / `IPV6_PKTINFO` control message.
-fn destination(cmsg: &ControlMessageOwned) -> Option<(IpAddr, IpAddr)> {
+/// Where a datagram was sent to, from its `IP_PKTINFO` / `IPV6_PKTINFO`
+/// control message.
+fn destination(cmsg: &ControlMessageOwned) -> Option<Destination> {
     match cmsg {
         ControlMessageOwned::Ipv4PacketInfo(info) => {
             let to = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
             // The local address the kernel would route a reply from: the
             // same as `to` for unicast, a real address for a broadcast.
             let from = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
-            Some((to.into(), from.into()))
+            Some(Destination { to: to.into(), reply_from: Some(Source { ip: from.into(), ifindex: 0 }) })
         }
         ControlMessageOwned::Ipv6PacketInfo(info) => {
             let to = Ipv6Addr::from(info.ipi6_addr.s6_addr);
-            Some((to.into(), to.into()))
+            let reply_from = (!to.is_multicast()).then_some(Source { ip: to.into(), ifindex: info.ipi6_ifindex });
+            Some(Destination { to: to.into(), reply_from })
         }
         _ => None,
     }
@@ -295,7 +313,7 @@ fn send_batch(socket: &UdpSocket, replies: &[Datagram]) -> io::Result<usize> {
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), None);
             sendmmsg(fd, &mut headers, &iovs, addrs, [], flags)?.count()
         }
-        Some(IpAddr::V4(ip)) => {
+        Some(Source { ip: IpAddr::V4(ip), .. }) => {
             let info = nix::libc::in_pktinfo {
                 ipi_ifindex: 0,
                 ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from(ip).to_be() },
@@ -305,9 +323,9 @@ fn send_batch(socket: &UdpSocket, replies: &[Datagram]) -> io::Result<usize> {
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), cmsg);
             sendmmsg(fd, &mut headers, &iovs, addrs, [ControlMessage::Ipv4PacketInfo(&info)], flags)?.count()
         }
-        Some(IpAddr::V6(ip)) => {
-            let info =
-                nix::libc::in6_pktinfo { ipi6_addr: nix::libc::in6_addr { s6_addr: ip.octets() }, ipi6_ifindex: 0 };
+        Some(Source { ip: IpAddr::V6(ip), ifindex }) => {
+            let addr = nix::libc::in6_addr { s6_addr: ip.octets() };
+            let info = nix::libc::in6_pktinfo { ipi6_addr: addr, ipi6_ifindex: ifindex };
             let cmsg = Some(nix::cmsg_space!(nix::libc::in6_pktinfo));
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), cmsg);
             sendmmsg(fd, &mut headers, &iovs, addrs, [ControlMessage::Ipv6PacketInfo(&info)], flags)?.count()

@@ -18,7 +18,10 @@ mod generated {
     });
 }
 
-pub use generated::sockets::plugin::log::{Host as LogHost, Level, add_to_linker as add_log_to_linker};
+pub use generated::sockets::plugin::log::Level;
+
+/// The interface name of the `log` import.
+pub const LOG_INTERFACE: &str = "sockets:plugin/log@0.1.0";
 
 use crate::request::{Request, Transport};
 
@@ -211,6 +214,9 @@ unsafe impl Lift for Reply {
     }
 }
 
+/// The canonical ABI's tag for a UTF-16 string in the `latin1+utf16` encoding.
+const UTF16_TAG: usize = 1 << 31;
+
 impl ErrorText {
     fn lift(
         cx: &mut LiftContext<'_>,
@@ -219,7 +225,8 @@ impl ErrorText {
     ) -> wasmtime::Result<Self> {
         // `len` counts code units of the component's string encoding; a
         // short message is lifted (and transcoded) by wasmtime as usual.
-        if len <= super::MAX_LOG_MESSAGE {
+        // Strings of latin1+utf16 components carry a tag in the top bit.
+        if len & !UTF16_TAG <= super::MAX_LOG_MESSAGE {
             return full(cx).map(ErrorText);
         }
         Ok(ErrorText(format!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 
 use super::admission::Admission;
 use super::cache::CompileCache;
@@ -104,7 +104,7 @@ impl Loader {
     ) -> anyhow::Result<Self> {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::add_log_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        super::add_log_to_linker(&mut linker)?;
         let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
         Ok(Self { engine, linker, admission, cache, stats })
     }

@@ -276,14 +276,36 @@ fn ticks(timeout: Duration) -> u64 {
 
 fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+        s.truncate(prefix(&s, max).len());
         s.push_str("...");
     }
     s
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Offer the `sockets:plugin/log` import. Hand-written rather than
+/// generated, so that the message is read in place: the generated binding
+/// would copy the whole string out of guest memory (up to `--max-memory`)
+/// before the host could cut it.
+pub(crate) fn add_log_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime::component::WasmStr;
+    let mut log = linker.instance(bindings::LOG_INTERFACE)?;
+    log.func_wrap("log", |store, (level, message): (bindings::Level, WasmStr)| {
+        // UTF-8 (what Rust, C, Python and JavaScript components use) is
+        // borrowed from guest memory; other encodings are transcoded.
+        let text = message.to_str(&store)?;
+        store.data().log(level, &text);
+        Ok(())
+    })
 }
 
 /// The data of one store: only what a sandboxed request needs.
@@ -358,12 +380,14 @@ impl WasiView for HostState {
     }
 }
 
-impl bindings::LogHost for HostState {
-    fn log(&mut self, level: bindings::Level, message: String) {
+impl HostState {
+    /// The plugin's `log` import: `message` is still in guest memory, and
+    /// only its first [`MAX_LOG_MESSAGE`] bytes are copied.
+    fn log(&self, level: bindings::Level, message: &str) {
         use bindings::Level;
         use tracing::Level as L;
         let info = &self.info;
-        let (name, version) = (&info.name, &info.version);
+        let (name, version, len) = (&info.name, &info.version, message.len());
         let at = match level {
             Level::Trace => L::TRACE,
             Level::Debug => L::DEBUG,
@@ -372,13 +396,14 @@ impl bindings::LogHost for HostState {
             Level::Error => L::ERROR,
         };
         info.log_line(at, |suppressed| {
-            let message = truncate(message, MAX_LOG_MESSAGE);
+            let message = prefix(message, MAX_LOG_MESSAGE);
+            let cut = if message.len() < len { "..." } else { "" };
             match level {
-                Level::Trace => tracing::trace!(plugin = %name, %version, suppressed, "{message}"),
-                Level::Debug => tracing::debug!(plugin = %name, %version, suppressed, "{message}"),
-                Level::Info => tracing::info!(plugin = %name, %version, suppressed, "{message}"),
-                Level::Warn => tracing::warn!(plugin = %name, %version, suppressed, "{message}"),
-                Level::Error => tracing::error!(plugin = %name, %version, suppressed, "{message}"),
+                Level::Trace => tracing::trace!(plugin = %name, %version, suppressed, "{message}{cut}"),
+                Level::Debug => tracing::debug!(plugin = %name, %version, suppressed, "{message}{cut}"),
+                Level::Info => tracing::info!(plugin = %name, %version, suppressed, "{message}{cut}"),
+                Level::Warn => tracing::warn!(plugin = %name, %version, suppressed, "{message}{cut}"),
+                Level::Error => tracing::error!(plugin = %name, %version, suppressed, "{message}{cut}"),
             }
         });
     }

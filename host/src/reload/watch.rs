@@ -102,6 +102,10 @@ impl FileWatch {
 
     /// Send a trigger for each change until `shutdown`.
     pub async fn run(mut self, tx: mpsc::UnboundedSender<Trigger>, shutdown: CancellationToken) {
+        // One timer across loop passes: a busy directory (events more often
+        // than RETRY) must not keep postponing the retry.
+        let mut retry_timer = tokio::time::interval(RETRY);
+        retry_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = self.retry;
             tokio::select! {
@@ -116,7 +120,7 @@ impl FileWatch {
                         return;
                     }
                 },
-                _ = tokio::time::sleep(RETRY), if retry => {
+                _ = retry_timer.tick(), if retry => {
                     self.resync();
                     self.check_after_resume(&tx);
                 }
