@@ -343,3 +343,38 @@ fn logged_addresses_are_the_bound_ones() {
     let addrs: Vec<SocketAddr> = host.udp.iter().chain(&host.tcp).copied().collect();
     assert!(addrs.iter().all(|a| a.port() != 0 && a.ip().is_loopback()));
 }
+
+/// The counters the README lists are the ones SIGUSR1 logs.
+#[test]
+fn sigusr1_logs_every_documented_counter() {
+    let host = Host::start(&["--plugin", &echo(), "--udp", "127.0.0.1:0"]);
+    let stats = host.stats();
+    let documented = [
+        "requests",
+        "replies",
+        "no_reply",
+        "plugin_errors",
+        "traps",
+        "timeouts",
+        "replies_dropped",
+        "requests_dropped",
+        "udp_send_errors",
+        "connections",
+        "connections_closed",
+        "connections_closed_by_host",
+        "instances_expired",
+        "reloads",
+        "reload_failures",
+        "cache_hits",
+        "cache_misses",
+    ];
+    let mut names: Vec<&str> = stats.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let mut want = documented.to_vec();
+    want.sort_unstable();
+    assert_eq!(names, want);
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for name in documented {
+        assert!(readme.contains(&format!("`{name}`")), "README does not document the counter {name}");
+    }
+}
