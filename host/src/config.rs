@@ -189,13 +189,17 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
     usize::try_from(size.as_u64()).map_err(|_| format!("{s} is too large"))
 }
 
+/// `host --plugin p.wasm ARGS`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_config(args: &[&str]) -> Config {
+    Config::try_parse_from(["host", "--plugin", "p.wasm"].iter().chain(args)).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Config {
-        Config::try_parse_from(["host", "--plugin", "p.wasm"].iter().chain(args)).unwrap()
-    }
+    use super::test_config as parse;
 
     #[test]
     fn defaults_serve_both_transports_on_7000() {

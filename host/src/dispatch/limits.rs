@@ -108,13 +108,8 @@ pub async fn bounded<F: Future>(limit: Duration, call: F) -> Option<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
-
-    fn config(args: &[&str]) -> Config {
-        Config::try_parse_from(["host", "--plugin", "p.wasm"].iter().chain(args)).unwrap()
-    }
+    use crate::config::test_config as config;
 
     #[test]
     fn amplification_counts_headers() {
