@@ -58,20 +58,18 @@ impl Log {
     fn push(&mut self, line: String) {
         let words: Vec<&str> = line.split_whitespace().collect();
         // `... listening udp 127.0.0.1:7000`, with or without a log prefix.
-        if let Some(w) = words.windows(3).find(|w| w[0] == "listening") {
-            match (w[1], w[2].parse()) {
-                ("udp", Ok(addr)) => self.udp = Some(addr),
-                ("tcp", Ok(addr)) => self.tcp = Some(addr),
-                _ => {}
-            }
+        match host::logline::listening(&line) {
+            Some((host::Transport::Udp, addr)) => self.udp = Some(addr),
+            Some((host::Transport::Tcp, addr)) => self.tcp = Some(addr),
+            None => {}
         }
         if words.iter().take(3).any(|w| *w == "WARN" || *w == "ERROR") || line.starts_with("error") {
             self.warnings += 1;
             self.first_warning.get_or_insert_with(|| line.clone());
         }
         // `... stats requests=10 replies=9 ...`
-        if let Some(i) = words.windows(2).position(|w| w[0] == "stats" && w[1].contains('=')) {
-            self.stats = Some(words[i + 1..].join(" "));
+        if let Some(pairs) = host::logline::stats(&line) {
+            self.stats = Some(pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
         }
         // `... loaded plugin echo version 1a2b from p.wasm in 4.1ms (compile cache hit)`;
         // `reloaded`, a different word, starts the line that follows it on a reload.

@@ -13,6 +13,7 @@
 //! - [`reload`]: hot reload on a file change or SIGHUP.
 //! - [`config`]: every command-line flag and default.
 //! - [`stats`]: counters of what happened.
+//! - [`logline`]: the log lines scripts read (`listening ...`, `stats ...`).
 //! - `ratelimit`: log lines a peer can trigger are rate-limited per call site,
 //!   and a plugin's own lines per plugin version.
 //!
@@ -24,6 +25,7 @@ pub mod config;
 pub mod dispatch;
 pub mod framing;
 mod listener;
+pub mod logline;
 pub mod plugin;
 mod ratelimit;
 pub mod reload;

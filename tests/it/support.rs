@@ -139,15 +139,11 @@ impl Host {
             panic!("host did not start; log:\n{}", self.logs.lines().join("\n"));
         }
         for line in self.logs.lines() {
-            let Some(rest) = line.split("listening ").nth(1) else {
-                continue;
-            };
-            let mut words = rest.split_whitespace();
-            let (Some(t), Some(a)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let addr: SocketAddr = a.parse().unwrap();
-            if t == "udp" { self.udp.push(addr) } else { self.tcp.push(addr) }
+            match host::logline::listening(&line) {
+                Some((host::Transport::Udp, addr)) => self.udp.push(addr),
+                Some((host::Transport::Tcp, addr)) => self.tcp.push(addr),
+                None => {}
+            }
         }
     }
 
@@ -390,11 +386,8 @@ pub fn assert_no_datagram(s: &UdpSocket) {
 
 /// `stats a=1 b=2` -> {a: 1, b: 2}.
 pub fn parse_stats(line: &str) -> std::collections::HashMap<String, u64> {
-    let rest = &line[line.find("stats ").unwrap() + 6..];
-    rest.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect()
+    let pairs = host::logline::stats(line).unwrap_or_else(|| panic!("not a stats line: {line}"));
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// Well-behaved clients that keep sending echo requests over UDP and TCP
