@@ -27,7 +27,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Framing;
-use crate::dispatch::{Outcome, ReplyLimit};
+use crate::dispatch::Outcome;
 use crate::framing::{self, Decoder, FrameError};
 use crate::ratelimit::log_limited;
 use crate::request::{Request, Transport};
@@ -61,7 +61,6 @@ pub(crate) async fn serve(listener: std::net::TcpListener, ctx: Arc<ListenerCont
             return;
         }
     };
-    let reply_limit = ctx.tcp_reply;
     loop {
         let mut ready = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -102,7 +101,7 @@ pub(crate) async fn serve(listener: std::net::TcpListener, ctx: Arc<ListenerCont
         ctx.tracker.spawn(async move {
             let _permit = permit;
             let ctx = ctx2;
-            let result = match Handler::new(stream, peer, &ctx, reply_limit, shutdown) {
+            let result = match Handler::new(stream, peer, &ctx, shutdown) {
                 Ok(handler) => handler.run().await,
                 Err(e) => Err(e),
             };
@@ -268,7 +267,6 @@ struct Handler {
     peer: SocketAddr,
     local: SocketAddr,
     ctx: Arc<ListenerContext>,
-    reply_limit: ReplyLimit,
     shutdown: CancellationToken,
 }
 
@@ -277,14 +275,13 @@ impl Handler {
         stream: TcpStream,
         peer: SocketAddr,
         ctx: &Arc<ListenerContext>,
-        reply_limit: ReplyLimit,
         shutdown: CancellationToken,
     ) -> Result<Self, ConnError> {
         // The address the peer connected to: on a wildcard listener, one of
         // the host's real addresses.
         let local = stream.local_addr()?;
         let conn = FramedConn::new(stream, ctx.framing, ctx.max_request, ctx.idle_timeout)?;
-        Ok(Self { conn, peer, local, ctx: ctx.clone(), reply_limit, shutdown })
+        Ok(Self { conn, peer, local, ctx: ctx.clone(), shutdown })
     }
 
     /// Serve until the peer closes, a request fails, or shutdown (which
@@ -305,7 +302,7 @@ impl Handler {
             let (mut failed, mut replies) = (false, 0);
             while let Some(payload) = self.conn.next_frame(eof)? {
                 let req = Request { transport: Transport::Tcp, peer: self.peer, local: self.local, payload };
-                match session.dispatch(req, self.reply_limit).await {
+                match session.dispatch(req, ctx.tcp_reply).await {
                     Outcome::Reply(reply) => {
                         replies += 1;
                         if self.conn.send_writes(reply.len()) {
