@@ -6,6 +6,11 @@
 //! [`LINES_PER_SECOND`] lines a second, and the first line after a quiet
 //! second says how many were left out. The counters ([`crate::Stats`]) still
 //! count every event.
+//!
+//! A plugin's own lines (what it prints, and its `log` calls) are limited
+//! the same way, but per plugin version rather than per call site
+//! (`PluginInfo` holds its [`Limiter`]s), so one noisy plugin does not
+//! silence another.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
