@@ -306,31 +306,27 @@ fn destination(cmsg: &ControlMessageOwned) -> Option<Destination> {
 fn send_batch(socket: &UdpSocket, replies: &[Datagram]) -> io::Result<usize> {
     let iovs: Vec<[IoSlice<'_>; 1]> = replies.iter().map(|d| [IoSlice::new(&d.bytes)]).collect();
     let addrs: Vec<Option<SockaddrStorage>> = replies.iter().map(|d| Some(SockaddrStorage::from(d.peer))).collect();
-    let fd = socket.as_raw_fd();
-    let flags = MsgFlags::MSG_DONTWAIT;
-    let sent = match replies.first().and_then(|d| d.source) {
-        None => {
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), None);
-            sendmmsg(fd, &mut headers, &iovs, addrs, [], flags)?.count()
-        }
+    // The control message, if any, borrows its pktinfo from here.
+    let (v4, v6);
+    let (control, space): (Option<ControlMessage<'_>>, _) = match replies.first().and_then(|d| d.source) {
+        None => (None, None),
         Some(Source { ip: IpAddr::V4(ip), .. }) => {
-            let info = nix::libc::in_pktinfo {
+            v4 = nix::libc::in_pktinfo {
                 ipi_ifindex: 0,
                 ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from(ip).to_be() },
                 ipi_addr: nix::libc::in_addr { s_addr: 0 },
             };
-            let cmsg = Some(nix::cmsg_space!(nix::libc::in_pktinfo));
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), cmsg);
-            sendmmsg(fd, &mut headers, &iovs, addrs, [ControlMessage::Ipv4PacketInfo(&info)], flags)?.count()
+            (Some(ControlMessage::Ipv4PacketInfo(&v4)), Some(nix::cmsg_space!(nix::libc::in_pktinfo)))
         }
         Some(Source { ip: IpAddr::V6(ip), ifindex }) => {
             let addr = nix::libc::in6_addr { s6_addr: ip.octets() };
-            let info = nix::libc::in6_pktinfo { ipi6_addr: addr, ipi6_ifindex: ifindex };
-            let cmsg = Some(nix::cmsg_space!(nix::libc::in6_pktinfo));
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), cmsg);
-            sendmmsg(fd, &mut headers, &iovs, addrs, [ControlMessage::Ipv6PacketInfo(&info)], flags)?.count()
+            v6 = nix::libc::in6_pktinfo { ipi6_addr: addr, ipi6_ifindex: ifindex };
+            (Some(ControlMessage::Ipv6PacketInfo(&v6)), Some(nix::cmsg_space!(nix::libc::in6_pktinfo)))
         }
     };
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), space);
+    let control = control.as_slice();
+    let sent = sendmmsg(socket.as_raw_fd(), &mut headers, &iovs, addrs, control, MsgFlags::MSG_DONTWAIT)?.count();
     Ok(sent)
 }
 
