@@ -38,13 +38,34 @@ pub const DEFAULT_MAX_AMPLIFICATION: u32 = 3;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "5s";
 /// Plugin instances alive at once (sizes the pooling allocator).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
+/// How long a connection may keep a plugin version after a reload replaced
+/// it. Envoy drains listeners for the same 10 minutes by default: long
+/// enough for a client to finish what it is doing, short enough that a
+/// rollout is complete within minutes.
+pub const DEFAULT_RELOAD_GRACE: &str = "10m";
+
+/// How many plugin instances serve the frames of one TCP connection (the
+/// `handler` world; a `connection-handler` plugin always has one instance
+/// per connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcpIsolation {
+    /// A fresh instance for every frame (or `--instance-reuse`): nothing a
+    /// request leaves in memory reaches the next one.
+    Request,
+    /// One fresh instance per connection, serving all its frames and
+    /// dropped when it closes: state is shared by the frames of one
+    /// connection only. Faster for pipelined traffic; holds an instance per
+    /// open connection.
+    Connection,
+}
 
 /// `host`: serve a WebAssembly component plugin over UDP and TCP.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "host", version, about, long_about = None)]
 pub struct Config {
     /// The plugin: a WebAssembly component (`.wasm`) implementing the world
-    /// `sockets:plugin/handler@0.1.0`.
+    /// `sockets:plugin/handler` (0.1.0 or 0.2.0) or
+    /// `sockets:plugin/connection-handler@0.2.0` (TCP only).
     #[arg(long, value_name = "PATH")]
     pub plugin: PathBuf,
 
@@ -62,9 +83,15 @@ pub struct Config {
     #[arg(long, value_name = "ADDR")]
     pub tcp: Vec<SocketAddr>,
 
-    /// How TCP streams are cut into requests.
+    /// How TCP streams are cut into requests (`handler` world; a
+    /// `connection-handler` plugin frames its own protocol).
     #[arg(long, value_enum, default_value_t = Framing::Lines)]
     pub framing: Framing,
+
+    /// `handler` world over TCP: a fresh plugin instance per request, or
+    /// one per connection serving all its frames.
+    #[arg(long, value_enum, value_name = "PER", default_value_t = TcpIsolation::Request)]
+    pub tcp_isolation: TcpIsolation,
 
     /// Longest one request may run in the plugin (e.g. 500ms, 2s).
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
@@ -89,7 +116,8 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
-    /// Close a TCP connection that completes no frame for this long.
+    /// Close a TCP connection that completes no frame (connection world:
+    /// sends nothing) for this long.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
@@ -108,7 +136,15 @@ pub struct Config {
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
 
-    /// Plugin instances alive at once; sizes the pooling allocator.
+    /// After a reload, connections that keep the old version (connection
+    /// world, `--tcp-isolation connection`) are closed once it has been
+    /// replaced for this long, between two calls; 0 closes them at once.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_RELOAD_GRACE, value_parser = parse_duration)]
+    pub reload_grace: Duration,
+
+    /// Plugin instances alive at once; sizes the pooling allocator. With a
+    /// plugin that keeps an instance per connection, also the most
+    /// connections served at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_INSTANCES)]
     pub max_instances: u32,
 

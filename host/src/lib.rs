@@ -85,6 +85,7 @@ impl Server {
         let ticker = EpochTicker::start(&engine)?;
         let loader = Arc::new(Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone())?);
         let plugin = loader.load(&config.plugin, &dispatch::call_limits(&config)).await?;
+        let bound = fit_to_world(bound, &config, &plugin)?;
         let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
         let reloader = Reloader::new(config.plugin.clone(), loader, dispatcher.clone(), stats.clone());
         Ok(Server { config, bound, dispatcher, reloader, _ticker: ticker, stats })
@@ -147,6 +148,50 @@ impl Server {
         tracing::info!("stats {snapshot}");
         Ok(snapshot)
     }
+}
+
+/// Keep the bound addresses the plugin's world can serve: a
+/// `connection-handler` plugin serves TCP only, so the UDP half of a
+/// `--listen` (or of the default address) is let go, and `--udp` is an
+/// error.
+fn fit_to_world(bound: Vec<Bound>, config: &Config, plugin: &plugin::Plugin) -> anyhow::Result<Vec<Bound>> {
+    let info = plugin.info();
+    let per_connection =
+        plugin.world() == plugin::World::Connection || config.tcp_isolation == config::TcpIsolation::Connection;
+    if per_connection && let Some(fit) = tcp_connections_per_pool(config, plugin) {
+        tracing::info!(
+            "--max-connections is {} but the instance pool holds {fit} instances of plugin {}, one per \
+             connection: further connections wait for one (raise --max-instances)",
+            config.max_connections,
+            info.name
+        );
+    }
+    if plugin.world() == plugin::World::Handler {
+        return Ok(bound);
+    }
+    if let Some(addr) = config.udp.first() {
+        anyhow::bail!(
+            "plugin {}: implements the world sockets:plugin/connection-handler@0.2.0, which serves TCP only; \
+             it cannot serve --udp {addr}",
+            info.path.display()
+        );
+    }
+    let (tcp, udp): (Vec<_>, Vec<_>) = bound.into_iter().partition(|b| b.transport() == Transport::Tcp);
+    for b in udp {
+        tracing::info!(
+            "not serving udp {}: plugin {} implements the connection-handler world (TCP only)",
+            b.local_addr(),
+            info.name
+        );
+    }
+    Ok(tcp)
+}
+
+/// How many connections can hold an instance at once, if that is fewer
+/// than `--max-connections`.
+fn tcp_connections_per_pool(config: &Config, plugin: &plugin::Plugin) -> Option<usize> {
+    let fit = (config.max_instances / plugin.weight().permits().max(1)) as usize;
+    (fit < config.max_connections).then_some(fit)
 }
 
 /// Log the counters on every SIGUSR1 (`kill -USR1 PID`), as one

@@ -201,6 +201,15 @@ impl Reloader {
             return;
         }
         match self.loader.load_file(&self.path, file, &self.limits).await {
+            Ok(plugin) if plugin.world() != self.dispatcher.versions().current().plugin().world() => {
+                let (new, old) = (plugin.world(), self.dispatcher.versions().current().plugin().world());
+                let why = format!(
+                    "{}: the new version implements the {new} world, the one served implements {old}; \
+                     a reload cannot change the world (restart the host)",
+                    self.path.display()
+                );
+                self.failed(why, Some(digest));
+            }
             Ok(plugin) => {
                 let new = plugin.info().version.clone();
                 self.dispatcher.versions().swap(plugin);

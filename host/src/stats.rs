@@ -65,6 +65,12 @@ counters! {
     connections_closed_by_host,
     /// TCP connections that ended, for any reason.
     connections_closed,
+    /// Connection-world sessions whose destructor ran when their connection
+    /// ended (not counted: sessions whose instance had failed).
+    sessions_closed,
+    /// Connections closed because their plugin version was replaced more
+    /// than `--reload-grace` ago (also counted in `connections_closed_by_host`).
+    connections_retired,
     /// Idle instances dropped after waiting too long for reuse (`--instance-reuse`).
     instances_expired,
     /// Plugin versions swapped in by a reload.

@@ -278,7 +278,11 @@ fn component_without_handle() {
     let (_d, p) = temp_file("empty.wasm", &wat::parse_str("(component)").unwrap());
     assert_startup_error(
         &["--plugin", &p, "--listen", "127.0.0.1:0"],
-        &[&p, "does not implement the world sockets:plugin/handler@0.1.0", "does not export `handle`"],
+        &[
+            &p,
+            "does not implement a world of sockets:plugin/handler (0.1.0 or 0.2.0) or sockets:plugin/connection-handler@0.2.0",
+            "exports neither `handle` nor `sockets:plugin/connection@0.2.0`",
+        ],
     );
 }
 

@@ -84,6 +84,13 @@ fn rust_echo() {
     );
 }
 
+/// A `handler` plugin built against `sockets:plugin@0.2.0` (it imports
+/// `log@0.2.0`); `echo` and the others are built against 0.1.0.
+#[test]
+fn rust_echo_against_the_0_2_0_handler_world() {
+    serves("echo-v2", &[(b"hello", Reply(b"hello")), (b"\x00\xff", Reply(b"\x00\xff")), (b"", Reply(b""))]);
+}
+
 #[test]
 fn rust_upper() {
     serves(

@@ -5,6 +5,7 @@
 mod support;
 
 mod clients;
+mod connection;
 mod core;
 mod hardening;
 mod isolation;

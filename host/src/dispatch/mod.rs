@@ -8,8 +8,13 @@
 //! A call is a `'static` future that owns its request, so a listener can
 //! start it inline (most calls finish at the first poll) and move it to a
 //! task of its own if it has to wait.
+//!
+//! The connection world is dispatched per connection instead ([`session`]):
+//! a connection gets the current version and an instance of its own when it
+//! is accepted, and keeps both until it closes.
 
 pub mod limits;
+pub mod session;
 pub mod version;
 
 use std::future::Future;
@@ -24,6 +29,7 @@ use crate::request::Request;
 use crate::stats::Stats;
 
 pub use limits::{ReplyLimit, call_limits};
+pub use session::{LiveSession, Step};
 pub use version::{CallPolicy, Lease, Version, Versions};
 
 /// What the listener does next.
@@ -56,7 +62,7 @@ impl Dispatcher {
     pub fn new(plugin: Plugin, config: &Config, stats: Arc<Stats>) -> Self {
         let limits = call_limits(config);
         let policy = CallPolicy { limits, reuse: config.instance_reuse.max(1), stats: stats.clone() };
-        Self { versions: Versions::new(plugin, policy), limits, stats }
+        Self { versions: Versions::new(plugin, policy, config.reload_grace), limits, stats }
     }
 
     /// The plugin versions.
@@ -74,11 +80,19 @@ impl Dispatcher {
         &self.stats
     }
 
-    /// A session for requests that run one after another, such as the
+    /// A sequence of requests that run one after another, such as the
     /// frames of one TCP read. In reuse mode it keeps its instance from one
     /// request to the next instead of going through the shared idle pool.
-    pub fn session(&self) -> Session<'_> {
-        Session { dispatcher: self, held: None }
+    pub fn sequence(&self) -> Sequence<'_> {
+        Sequence { dispatcher: self, held: None, pinned: None }
+    }
+
+    /// The requests of one connection with an instance of its own
+    /// (`--tcp-isolation connection`): every request goes to the version
+    /// current now and to one instance, created at the first request and
+    /// dropped with the sequence (never pooled, never shared).
+    pub fn pinned_sequence(&self) -> Sequence<'_> {
+        Sequence { dispatcher: self, held: None, pinned: Some(self.versions.current()) }
     }
 
     /// Drop instances idle for too long (reuse mode); call about once a
@@ -90,10 +104,11 @@ impl Dispatcher {
         }
     }
 
-    /// Start `req` on the current version, on `held` if it is an instance of
-    /// that version.
-    fn call(&self, req: Request, limit: ReplyLimit, held: Option<Lease>) -> Call {
-        let version = self.versions.current();
+    /// Start `req` on `pinned`, or else the current version, on `held` if it
+    /// is an instance of that version.
+    fn call(&self, req: Request, limit: ReplyLimit, held: Option<Lease>, pinned: Option<Arc<Version>>) -> Call {
+        let keep = pinned.is_some();
+        let version = pinned.unwrap_or_else(|| self.versions.current());
         Box::pin(async move {
             let policy = version.policy();
             Stats::incr(&policy.stats.requests);
@@ -114,10 +129,11 @@ impl Dispatcher {
             let (result, lease) = match limits::bounded(policy.limits.timeout + 2 * EPOCH_TICK, attempt).await {
                 Some(Ok((result, instance))) => {
                     // An instance that failed in any way, or returned a reply
-                    // over a cap, is not trusted with another request.
+                    // over a cap, is not trusted with another request. A
+                    // pinned one serves its connection to the end.
                     let healthy = matches!(result, Ok(None | Some(Reply::Bytes(_))));
-                    let lease =
-                        (healthy && instance.calls() < policy.reuse).then(|| Lease::new(version.clone(), instance));
+                    let lease = (healthy && (keep || instance.calls() < policy.reuse))
+                        .then(|| Lease::new(version.clone(), instance, !keep));
                     (result, lease)
                 }
                 Some(Err(e)) => (Err(e), None),
@@ -140,11 +156,7 @@ fn outcome(
     let reply = match result {
         Ok(Some(Reply::Bytes(reply))) => reply,
         Ok(Some(Reply::TooLarge(len))) => {
-            Stats::incr(&stats.replies_dropped);
-            log_limited!(
-                warn, %plugin, %version, %transport, %peer,
-                "reply of {len} bytes not sent: {}", limit.explain(req.payload.len(), len)
-            );
+            reply_too_large(stats, info, transport, &peer, len, &limit.explain(req.payload.len(), len));
             return Outcome::Failed;
         }
         Ok(None) => {
@@ -153,13 +165,7 @@ fn outcome(
             return Outcome::NoReply;
         }
         Err(err) => {
-            let counter = match &err {
-                CallError::Plugin(_) => &stats.plugin_errors,
-                CallError::Timeout(_) | CallError::OutOfFuel => &stats.timeouts,
-                CallError::Trap(_) | CallError::Instantiate(_) => &stats.traps,
-            };
-            Stats::incr(counter);
-            log_limited!(warn, %plugin, %version, %transport, %peer, "request failed: {err}");
+            call_failed(stats, info, transport, &peer, &err);
             return Outcome::Failed;
         }
     };
@@ -167,15 +173,56 @@ fn outcome(
     Outcome::Reply(reply)
 }
 
-/// Requests dispatched one after another, sharing an instance in reuse mode.
-///
-/// Dropping the session returns its instance to the idle pool.
-pub struct Session<'d> {
-    dispatcher: &'d Dispatcher,
-    held: Option<Lease>,
+/// Count and log a reply over its cap.
+fn reply_too_large(
+    stats: &Stats,
+    info: &PluginInfo,
+    transport: crate::Transport,
+    peer: &std::net::SocketAddr,
+    len: usize,
+    why: &str,
+) {
+    let (plugin, version) = (&info.name, &info.version);
+    Stats::incr(&stats.replies_dropped);
+    log_limited!(warn, %plugin, %version, %transport, %peer, "reply of {len} bytes not sent: {why}");
 }
 
-impl Session<'_> {
+/// Count and log a failed call.
+fn call_failed(
+    stats: &Stats,
+    info: &PluginInfo,
+    transport: crate::Transport,
+    peer: &std::net::SocketAddr,
+    err: &CallError,
+) {
+    let (plugin, version) = (&info.name, &info.version);
+    let counter = match err {
+        CallError::Plugin(_) => &stats.plugin_errors,
+        CallError::Timeout(_) | CallError::OutOfFuel => &stats.timeouts,
+        CallError::Trap(_) | CallError::Instantiate(_) => &stats.traps,
+    };
+    Stats::incr(counter);
+    log_limited!(warn, %plugin, %version, %transport, %peer, "request failed: {err}");
+}
+
+/// Requests dispatched one after another, sharing an instance in reuse mode
+/// or when pinned to a connection.
+///
+/// Dropping the sequence returns its instance to the idle pool, or drops
+/// it if pinned.
+pub struct Sequence<'d> {
+    dispatcher: &'d Dispatcher,
+    held: Option<Lease>,
+    /// The version every request goes to, if pinned to one connection.
+    pinned: Option<Arc<Version>>,
+}
+
+impl Sequence<'_> {
+    /// The version a pinned sequence serves.
+    pub fn pinned_version(&self) -> Option<&Arc<Version>> {
+        self.pinned.as_ref()
+    }
+
     /// Run one request and wait for it.
     pub async fn dispatch(&mut self, req: Request, limit: ReplyLimit) -> Outcome {
         let (outcome, lease) = self.start(req, limit).await;
@@ -183,11 +230,11 @@ impl Session<'_> {
         outcome
     }
 
-    /// Start one request on this session's instance. The caller awaits it,
+    /// Start one request on this sequence's instance. The caller awaits it,
     /// or moves it elsewhere, and hands the lease back with [`Self::keep`]
     /// if it finished here.
     pub fn start(&mut self, req: Request, limit: ReplyLimit) -> Call {
-        self.dispatcher.call(req, limit, self.held.take())
+        self.dispatcher.call(req, limit, self.held.take(), self.pinned.clone())
     }
 
     /// Keep `lease` for the next request.

@@ -4,6 +4,12 @@
 //! a reload. A request holds an `Arc<Version>` while it runs, so an old
 //! version lives until its last request is done, then is dropped.
 //!
+//! A connection that keeps an instance for its whole life (the connection
+//! world, or `--tcp-isolation connection`) keeps its version too. A
+//! replaced version is retired `--reload-grace` after the swap: its
+//! connections are closed at their next call boundary, so an old version
+//! cannot outlive a reload by more than that ([`Version::retired`]).
+//!
 //! A [`Lease`] is one instance lent to a request (or to a session of
 //! requests that run one after another). Dropping a lease returns its
 //! instance to its version's idle pool, where it waits at most
@@ -15,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
 use crate::plugin::{CallLimits, Instance, Plugin};
 use crate::stats::Stats;
@@ -46,11 +53,40 @@ pub struct Version {
     policy: CallPolicy,
     /// Idle instances, oldest first, with when each became idle.
     idle: Mutex<Vec<(Instance, Instant)>>,
+    /// Cancelled `--reload-grace` after this version was replaced.
+    retired: CancellationToken,
 }
 
 impl Version {
     fn new(plugin: Plugin, policy: CallPolicy) -> Arc<Self> {
-        Arc::new(Version { plugin, policy, idle: Mutex::default() })
+        Arc::new(Version { plugin, policy, idle: Mutex::default(), retired: CancellationToken::new() })
+    }
+
+    /// Completes once this version has been replaced for longer than
+    /// `--reload-grace`: connections that kept it must close.
+    pub fn retired(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.retired.cancelled()
+    }
+
+    /// Whether [`Self::retired`] has completed.
+    pub fn is_retired(&self) -> bool {
+        self.retired.is_cancelled()
+    }
+
+    /// Retire this version after `grace` (at once for zero).
+    fn retire_after(&self, grace: Duration) {
+        let token = self.retired.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !grace.is_zero() => {
+                // The task holds the token only, not the version: a version
+                // whose last connection closed is dropped at once.
+                rt.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    token.cancel();
+                });
+            }
+            _ => token.cancel(),
+        }
     }
 
     /// How its requests are called.
@@ -66,7 +102,7 @@ impl Version {
     /// The most recently used idle instance, if any.
     pub(super) fn take_idle(self: &Arc<Self>) -> Option<Lease> {
         let (instance, _) = self.idle.lock().expect("idle pool lock").pop()?;
-        Some(Lease { version: self.clone(), instance: Some(instance) })
+        Some(Lease { version: self.clone(), instance: Some(instance), pooled: true })
     }
 
     /// Drop idle instances that have waited longer than `ttl`; returns how
@@ -92,12 +128,15 @@ impl Version {
 /// The version that serves new requests.
 pub struct Versions {
     current: ArcSwap<Version>,
+    /// `--reload-grace`.
+    grace: Duration,
 }
 
 impl Versions {
-    /// Serve `plugin`, calling it under `policy`.
-    pub fn new(plugin: Plugin, policy: CallPolicy) -> Self {
-        Self { current: ArcSwap::new(Version::new(plugin, policy)) }
+    /// Serve `plugin`, calling it under `policy`; a replaced version is
+    /// retired `grace` after the swap.
+    pub fn new(plugin: Plugin, policy: CallPolicy, grace: Duration) -> Self {
+        Self { current: ArcSwap::new(Version::new(plugin, policy)), grace }
     }
 
     /// The version serving new requests.
@@ -105,13 +144,15 @@ impl Versions {
         self.current.load_full()
     }
 
-    /// Make `plugin` serve every request that starts from now on; requests
-    /// already running finish on the version they started with. The old
-    /// version's idle instances are dropped at once.
+    /// Make `plugin` serve every request and connection that starts from
+    /// now on; requests already running finish on the version they started
+    /// with, and connections that keep their version keep it for up to the
+    /// grace period. The old version's idle instances are dropped at once.
     pub fn swap(&self, plugin: Plugin) -> Arc<Version> {
         let policy = self.current.load().policy.clone();
         let old = self.current.swap(Version::new(plugin, policy));
         old.clear();
+        old.retire_after(self.grace);
         old
     }
 
@@ -131,12 +172,16 @@ pub struct Lease {
     version: Arc<Version>,
     /// `Some` until dropped.
     instance: Option<Instance>,
+    /// Return the instance to the idle pool when dropped (else drop it: an
+    /// instance that belonged to one connection serves no other).
+    pooled: bool,
 }
 
 impl Lease {
-    /// Lend `instance` of `version`.
-    pub(super) fn new(version: Arc<Version>, instance: Instance) -> Self {
-        Self { version, instance: Some(instance) }
+    /// Lend `instance` of `version`; `pooled`: return it to the idle pool
+    /// when dropped.
+    pub(super) fn new(version: Arc<Version>, instance: Instance, pooled: bool) -> Self {
+        Self { version, instance: Some(instance), pooled }
     }
 
     /// Whether this lease is of `version`.
@@ -153,6 +198,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let Some(instance) = self.instance.take() else { return };
+        if !self.pooled {
+            return;
+        }
         let mut idle = self.version.idle.lock().expect("idle pool lock");
         if idle.len() < MAX_IDLE_INSTANCES {
             idle.push((instance, Instant::now()));

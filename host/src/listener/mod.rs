@@ -20,8 +20,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Framing};
+use crate::config::{Config, Framing, TcpIsolation};
 use crate::dispatch::{Dispatcher, ReplyLimit};
+use crate::plugin::World;
 use crate::request::Transport;
 
 /// TCP accept backlog.
@@ -34,13 +35,19 @@ const UDP_RECV_BUFFER: usize = 4 << 20;
 /// the host-wide connection slots.
 pub(crate) struct ListenerContext {
     pub dispatcher: Arc<Dispatcher>,
+    /// The plugin's world (a reload never changes it).
+    pub world: World,
     pub framing: Framing,
+    pub tcp_isolation: TcpIsolation,
+    pub reload_grace: Duration,
     pub max_request: usize,
     pub idle_timeout: Duration,
     /// `--max-connections`, for every TCP listener of the host together.
     pub connections: Arc<Semaphore>,
     pub udp_reply: ReplyLimit,
     pub tcp_reply: ReplyLimit,
+    /// Replies of the connection world: `--max-reply`, no framing.
+    pub session_reply: ReplyLimit,
     /// Room for UDP requests moved off their receive loop, for the whole
     /// host ([`udp::MAX_WAITING`], at most half of `--max-instances`, so
     /// a flood of slow datagrams leaves room for TCP).
@@ -53,13 +60,17 @@ pub(crate) struct ListenerContext {
 impl ListenerContext {
     pub fn new(config: &Config, dispatcher: Arc<Dispatcher>, tracker: TaskTracker) -> Self {
         Self {
+            world: dispatcher.versions().current().plugin().world(),
             dispatcher,
             framing: config.framing,
+            tcp_isolation: config.tcp_isolation,
+            reload_grace: config.reload_grace,
             max_request: config.max_request,
             idle_timeout: config.idle_timeout,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             udp_reply: ReplyLimit::udp(config),
             tcp_reply: ReplyLimit::tcp(config, config.framing),
+            session_reply: ReplyLimit::tcp(config, Framing::Raw),
             udp_waiting: Arc::new(Semaphore::new(udp::MAX_WAITING.min((config.max_instances as usize / 2).max(1)))),
             tracker,
         }

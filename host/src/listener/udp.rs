@@ -166,22 +166,22 @@ async fn receive_loop(socket: Arc<Socket>, shutdown: CancellationToken) {
                 continue;
             }
         };
-        // Requests of one batch run one after another in one session (in
+        // Requests of one batch run one after another in one sequence (in
         // reuse mode, on one instance): the fastest way through a batch of
         // quick requests.
-        let mut session = ctx.dispatcher.session();
+        let mut sequence = ctx.dispatcher.sequence();
         let started = Instant::now();
         for slot in &slots[..n] {
             let Some((req, source)) = socket.request(slot) else { continue };
             let peer = req.peer;
-            let mut call = session.start(req, ctx.udp_reply);
+            let mut call = sequence.start(req, ctx.udp_reply);
             if started.elapsed() > BATCH_BUDGET {
                 socket.finish_elsewhere(call, peer, source);
                 continue;
             }
             match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
                 Poll::Ready((outcome, lease)) => {
-                    session.keep(lease);
+                    sequence.keep(lease);
                     if let Outcome::Reply(bytes) = outcome {
                         replies.push(Datagram { peer, source, bytes });
                     }
@@ -189,7 +189,7 @@ async fn receive_loop(socket: Arc<Socket>, shutdown: CancellationToken) {
                 Poll::Pending => socket.finish_elsewhere(call, peer, source),
             }
         }
-        drop(session);
+        drop(sequence);
         socket.send_all(&replies).await;
         replies.clear();
     }

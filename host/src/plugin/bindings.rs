@@ -1,14 +1,19 @@
-//! Generated and hand-written bindings for the WIT world `handler`.
+//! Generated and hand-written bindings for the WIT worlds: `handler`
+//! (0.1.0 and 0.2.0, the same shape) and `connection-handler` (0.2.0).
 //!
-//! `bindgen!` generates the host side of the imported `log` interface. The
-//! exported `handle` is called through a typed function with a borrowed
-//! view of the host's [`Request`] ([`RequestText::view`]) instead of the generated
-//! owned record, so a payload goes from the socket buffer into guest memory
-//! with one copy and no allocation; its result is lifted by [`Reply`] and
-//! [`ErrorText`], which check the size of what the plugin returns before
-//! copying it.
+//! `bindgen!` generates the type of the imported `log` interface's level.
+//! The exports are called through typed functions with borrowed views of
+//! the host's data ([`RequestText::view`], [`ConnectionInfoView`]) instead
+//! of generated owned records, so a payload goes from the socket buffer
+//! into guest memory with one copy and no allocation; results are lifted by
+//! [`Reply`] and [`ErrorText`], which check the size of what the plugin
+//! returns before copying it.
+//!
+//! Types are checked structurally by wasmtime: the 0.1.0 and 0.2.0
+//! `handler` worlds have the same `handle`, so one typed function serves
+//! both.
 
-use wasmtime::component::{ComponentType, Lower};
+use wasmtime::component::{ComponentType, Lift, Lower};
 
 #[allow(missing_docs)]
 mod generated {
@@ -20,8 +25,12 @@ mod generated {
 
 pub use generated::sockets::plugin::log::Level;
 
-/// The interface name of the `log` import.
-pub const LOG_INTERFACE: &str = "sockets:plugin/log@0.1.0";
+/// The interface names of the `log` import, one per version of the
+/// contract: the host offers both.
+pub const LOG_INTERFACES: [&str; 2] = ["sockets:plugin/log@0.1.0", "sockets:plugin/log@0.2.0"];
+
+/// The interface a connection-world plugin exports.
+pub const CONNECTION_INTERFACE: &str = "sockets:plugin/connection@0.2.0";
 
 use crate::request::{Request, Transport};
 
@@ -109,6 +118,56 @@ impl std::fmt::Write for AddrText {
     }
 }
 
+/// `sockets:plugin/connection.connection-info`, borrowing the two formatted
+/// addresses.
+#[derive(ComponentType, Lower, Clone, Copy, Debug)]
+#[component(record)]
+pub struct ConnectionInfoView<'a> {
+    peer: &'a str,
+    local: &'a str,
+}
+
+/// The two addresses of a connection, formatted for the plugin.
+pub struct ConnectionText {
+    peer: AddrText,
+    local: AddrText,
+}
+
+impl ConnectionText {
+    /// Format a connection's addresses.
+    pub fn new(peer: &std::net::SocketAddr, local: &std::net::SocketAddr) -> Self {
+        Self { peer: AddrText::new(peer), local: AddrText::new(local) }
+    }
+
+    /// The WIT record.
+    pub fn view(&self) -> ConnectionInfoView<'_> {
+        ConnectionInfoView { peer: self.peer.as_str(), local: self.local.as_str() }
+    }
+}
+
+/// `sockets:plugin/connection.output`, its bytes lifted with the reply cap.
+#[derive(ComponentType, Lift, Debug, PartialEq, Eq)]
+#[component(record)]
+pub struct SessionOutput {
+    /// The bytes to write (or their size, if over the cap).
+    pub bytes: Reply,
+    /// Close after writing them.
+    pub close: bool,
+}
+
+/// The type of the `session` constructor's parameters.
+pub type OpenParams<'a> = (ConnectionInfoView<'a>,);
+/// The type of its result: the `own<session>` handle.
+pub type OpenResult = (wasmtime::component::ResourceAny,);
+/// The type of `on-data`'s parameters: `borrow<session>` and the bytes.
+pub type DataParams<'a> = (wasmtime::component::ResourceAny, &'a [u8]);
+/// The type of `on-data`'s result.
+pub type DataResult = (Result<SessionOutput, ErrorText>,);
+/// The type of `on-end`'s parameters.
+pub type EndParams = (wasmtime::component::ResourceAny,);
+/// The type of `on-end`'s result.
+pub type EndResult = (Result<Reply, ErrorText>,);
+
 /// The type of `handle`'s parameters.
 pub type HandleParams<'a> = (RequestView<'a>,);
 /// The type of `handle`'s result: `result<option<list<u8>>, string>`, lifted
@@ -133,7 +192,7 @@ use std::cell::Cell;
 use std::future::Future;
 
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
-use wasmtime::component::{Lift, WasmList, WasmStr};
+use wasmtime::component::{WasmList, WasmStr};
 
 thread_local! {
     /// Longest reply the call running on this thread may return.

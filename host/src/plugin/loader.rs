@@ -11,11 +11,11 @@ use wasmtime::component::{Component, Linker};
 
 use super::admission::Admission;
 use super::cache::CompileCache;
-use super::{CallLimits, HostState, Plugin, PluginInfo, bindings, hex, one_line};
+use super::{CallLimits, Exports, Funcs, HostState, Plugin, PluginInfo, bindings, connection, hex, one_line};
 use crate::stats::Stats;
 
-/// The world every plugin must implement, as users see it in errors.
-pub const WORLD: &str = "sockets:plugin/handler@0.1.0";
+/// The worlds a plugin may implement, as users see them in errors.
+pub const WORLDS: &str = "sockets:plugin/handler (0.1.0 or 0.2.0) or sockets:plugin/connection-handler@0.2.0";
 
 /// Why a plugin file cannot be served. Each message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +66,9 @@ pub enum LoadError {
         /// What it needs and what the limit is.
         message: String,
     },
-    /// The component does not export `handle` with the contract's type.
-    #[error("plugin {path}: does not implement the world {WORLD}: {message}")]
+    /// The component exports neither `handle` nor the connection interface
+    /// with the contract's types.
+    #[error("plugin {path}: does not implement a world of {WORLDS}: {message}")]
     World {
         /// The plugin file.
         path: PathBuf,
@@ -149,24 +150,44 @@ impl Loader {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { path: p(), message: one_line(&e) })?;
-        let handle = component
-            .get_export_index(None, "handle")
-            .ok_or_else(|| LoadError::World { path: p(), message: "it does not export `handle`".into() })?;
+        let world_error = |message: String| LoadError::World { path: p(), message };
+        let exports = match (component.get_export_index(None, "handle"), connection::Exports::find(&component)) {
+            (Some(_), Some(_)) => {
+                return Err(world_error(format!(
+                    "it exports both `handle` and `{}`; a plugin implements one world",
+                    bindings::CONNECTION_INTERFACE
+                )));
+            }
+            (Some(handle), None) => Exports::Handler { handle },
+            (None, Some(found)) => Exports::Connection(found.map_err(world_error)?),
+            (None, None) => {
+                return Err(world_error(format!(
+                    "it exports neither `handle` nor `{}`",
+                    bindings::CONNECTION_INTERFACE
+                )));
+            }
+        };
         let weight = self.admission.weight(&component).map_err(|message| LoadError::TooBig { path: p(), message })?;
-        let plugin = Plugin { info, pre, handle, admission: self.admission.clone(), weight };
+        let plugin = Plugin { info, pre, exports, admission: self.admission.clone(), weight };
 
-        // Validate: instantiate once and check the type of `handle`.
+        // Validate: instantiate once and check the types of the exports.
         let instance = plugin
             .instantiate(limits)
             .await
             .map_err(|e| LoadError::Instantiate { path: p(), message: e.to_string() })?;
-        instance.handle.typed::<bindings::HandleParams<'_>, bindings::HandleResult>(&instance.store).map_err(|e| {
-            LoadError::World { path: p(), message: format!("`handle` has the wrong type: {}", one_line(&e)) }
-        })?;
+        match instance.funcs {
+            Funcs::Handle(handle) => handle
+                .typed::<bindings::HandleParams<'_>, bindings::HandleResult>(&instance.store)
+                .map(drop)
+                .map_err(|e| format!("`handle` has the wrong type: {}", one_line(&e))),
+            Funcs::Session(funcs) => funcs.typecheck(&instance.store),
+        }
+        .map_err(world_error)?;
         drop(instance);
         tracing::info!(
-            "loaded plugin {} version {} from {} in {:.1?} (compile cache {})",
+            "loaded plugin {} ({} world) version {} from {} in {:.1?} (compile cache {})",
             plugin.info.name,
+            plugin.world(),
             plugin.info.version,
             path.display(),
             started.elapsed(),

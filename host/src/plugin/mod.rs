@@ -5,11 +5,13 @@
 //! version. An [`Instance`] owns a wasmtime `Store`: its memory, its limits
 //! and its WASI context with no files, no environment and no network. By
 //! default each request gets a fresh instance, so no state leaks from one
-//! request to the next.
+//! request to the next; a plugin of the connection world gets one instance
+//! per connection, holding its `session` resource ([`connection`]).
 
 pub mod admission;
 pub mod bindings;
 pub mod cache;
+pub mod connection;
 pub mod engine;
 pub mod loader;
 mod output;
@@ -18,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Func, InstancePre, ResourceTable, TypedFunc};
+use wasmtime::component::{ComponentExportIndex, Func, InstancePre, ResourceTable, TypedFunc};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -84,11 +86,50 @@ impl PluginInfo {
     }
 }
 
+/// The world a plugin implements, which decides how the host drives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// `handler` (0.1.0 or 0.2.0): one call of `handle` per request.
+    Handler,
+    /// `connection-handler` (0.2.0): a `session` resource per TCP connection.
+    Connection,
+}
+
+impl World {
+    /// The world's name, as users see it in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Handler => "handler",
+            World::Connection => "connection-handler",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a plugin's exports are, found once at load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Exports {
+    Handler { handle: ComponentExportIndex },
+    Connection(connection::Exports),
+}
+
+/// An instance's exports, looked up once per instance.
+#[derive(Debug, Clone, Copy)]
+enum Funcs {
+    Handle(Func),
+    Session(connection::Funcs),
+}
+
 /// One compiled, linked and validated plugin version.
 pub struct Plugin {
     info: Arc<PluginInfo>,
     pre: InstancePre<HostState>,
-    handle: wasmtime::component::ComponentExportIndex,
+    exports: Exports,
     admission: Arc<admission::Admission>,
     weight: admission::Weight,
 }
@@ -151,6 +192,19 @@ impl Plugin {
         &self.info
     }
 
+    /// The world it implements.
+    pub fn world(&self) -> World {
+        match self.exports {
+            Exports::Handler { .. } => World::Handler,
+            Exports::Connection(_) => World::Connection,
+        }
+    }
+
+    /// The pool permits one of its instances takes ([`admission`]).
+    pub fn weight(&self) -> admission::Weight {
+        self.weight
+    }
+
     /// Create a sandboxed instance.
     ///
     /// Instances are always driven by async calls, on a fiber: a plugin
@@ -183,17 +237,23 @@ impl Plugin {
                 CallError::Instantiate(e.into())
             }
         })?;
-        let handle = instance
-            .get_func(&mut store, self.handle)
-            .ok_or_else(|| CallError::Instantiate(anyhow::anyhow!("instance has no `handle` export")))?;
-        Ok(Instance { store, handle, calls: 0, _permit: permit })
+        let missing = |what| CallError::Instantiate(anyhow::anyhow!("instance has no `{what}` export"));
+        let funcs = match self.exports {
+            Exports::Handler { handle } => {
+                Funcs::Handle(instance.get_func(&mut store, handle).ok_or_else(|| missing("handle"))?)
+            }
+            Exports::Connection(exports) => {
+                Funcs::Session(exports.funcs(&instance, &mut store).ok_or_else(|| missing("session"))?)
+            }
+        };
+        Ok(Instance { store, funcs, calls: 0, _permit: permit })
     }
 }
 
 /// One live instance of a plugin, with its own store and limits.
 pub struct Instance {
     store: Store<HostState>,
-    handle: Func,
+    funcs: Funcs,
     calls: u64,
     /// This instance's room in the pool. Declared last, so it is released
     /// only after the store (and its pool slots) has been dropped.
@@ -218,17 +278,15 @@ impl Instance {
         limits: &CallLimits,
         max_reply: usize,
     ) -> Result<Option<Reply>, CallError> {
-        self.calls += 1;
-        if self.calls > 1 {
-            // A reused instance gets a fresh budget for every call.
-            arm(&mut self.store, limits)?;
-            self.store.data_mut().begin_call();
-        }
+        let Funcs::Handle(handle) = self.funcs else {
+            return Err(CallError::Instantiate(anyhow::anyhow!("not a plugin of the handler world")));
+        };
+        self.begin_call(limits)?;
         // SAFETY: the loader checked that `handle` has exactly this type with
         // `Func::typed`; only the lifetime of the borrowed request differs,
         // which does not change the canonical ABI.
         let func: TypedFunc<bindings::HandleParams<'_>, bindings::HandleResult> =
-            unsafe { TypedFunc::new_unchecked(self.handle) };
+            unsafe { TypedFunc::new_unchecked(handle) };
         let text = bindings::RequestText::new(req);
         let call = func.call_async(&mut self.store, (text.view(req),));
         let result = bindings::with_reply_cap(max_reply, call).await;
@@ -238,6 +296,19 @@ impl Instance {
             Ok((Err(message),)) => Err(CallError::Plugin(truncate(message.0, MAX_LOG_MESSAGE))),
             Err(e) => Err(CallError::from_wasmtime(e, limits.timeout)),
         }
+    }
+}
+
+impl Instance {
+    /// A call starts: every call after the first (which instantiation
+    /// armed) gets a fresh budget and a fresh output budget.
+    fn begin_call(&mut self, limits: &CallLimits) -> Result<(), CallError> {
+        self.calls += 1;
+        if self.calls > 1 {
+            arm(&mut self.store, limits)?;
+            self.store.data_mut().begin_call();
+        }
+        Ok(())
     }
 }
 
@@ -298,14 +369,17 @@ fn prefix(s: &str, max: usize) -> &str {
 /// before the host could cut it.
 pub(crate) fn add_log_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime::component::WasmStr;
-    let mut log = linker.instance(bindings::LOG_INTERFACE)?;
-    log.func_wrap("log", |store, (level, message): (bindings::Level, WasmStr)| {
-        // UTF-8 (what Rust, C, Python and JavaScript components use) is
-        // borrowed from guest memory; other encodings are transcoded.
-        let text = message.to_str(&store)?;
-        store.data().log(level, &text);
-        Ok(())
-    })
+    for name in bindings::LOG_INTERFACES {
+        let mut log = linker.instance(name)?;
+        log.func_wrap("log", |store, (level, message): (bindings::Level, WasmStr)| {
+            // UTF-8 (what Rust, C, Python and JavaScript components use) is
+            // borrowed from guest memory; other encodings are transcoded.
+            let text = message.to_str(&store)?;
+            store.data().log(level, &text);
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// The data of one store: only what a sandboxed request needs.

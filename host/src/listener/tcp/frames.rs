@@ -1,0 +1,115 @@
+//! The `handler` world over TCP: every frame of the stream is one request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Framing, TcpIsolation};
+use crate::dispatch::{Outcome, Version};
+use crate::request::{Request, Transport};
+
+use super::conn::FramedConn;
+use super::{ConnError, ListenerContext};
+
+/// Serves one connection: frames in, replies out, in order.
+pub(super) struct Handler {
+    conn: FramedConn,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+}
+
+impl Handler {
+    pub(super) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: &Arc<ListenerContext>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ConnError> {
+        // The address the peer connected to: on a wildcard listener, one of
+        // the host's real addresses.
+        let local = stream.local_addr()?;
+        let conn = FramedConn::new(stream, ctx.framing, ctx.max_request, ctx.idle_timeout)?;
+        Ok(Self { conn, peer, local, ctx: ctx.clone(), shutdown })
+    }
+
+    /// Serve until the peer closes, a request fails, or shutdown (which
+    /// lets the frames already read finish, then closes).
+    ///
+    /// With `--tcp-isolation request`, the frames of one read run one after
+    /// another in one sequence (in reuse mode they share an instance without
+    /// the pool), and no instance is held while waiting on the peer. With
+    /// `--tcp-isolation connection`, one sequence, pinned to the version
+    /// current at accept, serves every frame of the connection on one
+    /// instance, until the connection closes or the version is retired.
+    pub(super) async fn run(mut self) -> Result<(), ConnError> {
+        let ctx = self.ctx.clone();
+        let dispatcher = &ctx.dispatcher;
+        let raw = self.conn.framing() == Framing::Raw;
+        let pinned = ctx.tcp_isolation == TcpIsolation::Connection;
+        let mut kept = pinned.then(|| dispatcher.pinned_sequence());
+        let version: Option<Arc<Version>> = kept.as_ref().and_then(|s| s.pinned_version().cloned());
+        loop {
+            let eof = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = retired(version.as_deref()) => return Err(ConnError::Retired(ctx.reload_grace)),
+                r = self.conn.read() => r?,
+            };
+            let mut sequence = kept.take().unwrap_or_else(|| dispatcher.sequence());
+            let (mut failed, mut replies) = (false, 0);
+            while let Some(payload) = self.conn.next_frame(eof)? {
+                let req = Request { transport: Transport::Tcp, peer: self.peer, local: self.local, payload };
+                match sequence.dispatch(req, ctx.tcp_reply).await {
+                    Outcome::Reply(reply) => {
+                        replies += 1;
+                        if !pinned && self.conn.send_writes(reply.len()) {
+                            // No instance is held while waiting on the peer.
+                            drop(sequence);
+                            self.conn.send(&reply).await?;
+                            sequence = dispatcher.sequence();
+                        } else {
+                            self.conn.send(&reply).await?;
+                        }
+                    }
+                    Outcome::NoReply => {}
+                    Outcome::Failed => {
+                        // Replies to earlier frames still go out (below).
+                        failed = true;
+                        break;
+                    }
+                }
+                if raw {
+                    break;
+                }
+                // Many frames in one read must not hold this worker thread.
+                tokio::task::coop::consume_budget().await;
+            }
+            if pinned {
+                kept = Some(sequence);
+            } else {
+                drop(sequence);
+            }
+            dispatcher.stats().replies.fetch_add(replies, std::sync::atomic::Ordering::Relaxed);
+            self.conn.flush().await?;
+            if failed {
+                return Err(ConnError::RequestFailed);
+            }
+            if eof {
+                return Ok(());
+            }
+            self.conn.release_idle_buffers();
+        }
+    }
+}
+
+/// Completes when `version` is retired; never if there is none.
+pub(super) async fn retired(version: Option<&Version>) {
+    match version {
+        Some(v) => v.retired().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,108 @@
+//! The connection world over TCP: the connection is one `session` of the
+//! plugin, which frames its own protocol.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Framing;
+use crate::dispatch::{LiveSession, Step};
+
+use super::conn::FramedConn;
+use super::frames::retired;
+use super::{ConnError, ListenerContext};
+
+/// Serves one connection with one session: bytes in, bytes out.
+pub(super) struct Handler {
+    conn: FramedConn,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+}
+
+impl Handler {
+    pub(super) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: &Arc<ListenerContext>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ConnError> {
+        let local = stream.local_addr()?;
+        // No framing: the plugin sees the stream as it comes, at most
+        // `--max-request` bytes per call.
+        let conn = FramedConn::new(stream, Framing::Raw, ctx.max_request, ctx.idle_timeout)?;
+        Ok(Self { conn, peer, local, ctx: ctx.clone(), shutdown })
+    }
+
+    /// Open the session, serve the connection, and drop the session (its
+    /// destructor runs) however the connection ends.
+    pub(super) async fn run(mut self) -> Result<(), ConnError> {
+        let ctx = self.ctx.clone();
+        // An instance per connection: wait for room in the pool for as
+        // long as the connection may be idle.
+        let Some(mut session) = ctx.dispatcher.open_session(self.peer, self.local, ctx.idle_timeout).await else {
+            return Err(ConnError::RequestFailed);
+        };
+        let result = self.serve(&mut session).await;
+        session.close().await;
+        result
+    }
+
+    /// Read, hand every byte to `on-data` in order, write what it returns;
+    /// at end of stream, `on-end`. Ends at shutdown or retirement between
+    /// two calls, never in the middle of one.
+    async fn serve(&mut self, session: &mut LiveSession) -> Result<(), ConnError> {
+        let ctx = self.ctx.clone();
+        let version = session.version().clone();
+        loop {
+            let eof = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = retired(Some(&version)) => return Err(ConnError::Retired(ctx.reload_grace)),
+                r = self.conn.read() => r?,
+            };
+            while self.conn.has_input() {
+                let data = self.conn.input();
+                let len = data.len();
+                let step = session.data(data, &ctx.session_reply).await;
+                self.conn.consume(len);
+                if self.write(step).await? {
+                    return Ok(());
+                }
+                tokio::task::coop::consume_budget().await;
+            }
+            if eof {
+                let step = session.end(&ctx.session_reply).await;
+                self.write(step).await?;
+                return Ok(());
+            }
+            self.conn.flush().await?;
+            self.conn.release_idle_buffers();
+        }
+    }
+
+    /// Queue (or write, past the bound) what a call returned; `Ok(true)`
+    /// when the connection is to close, after flushing.
+    async fn write(&mut self, step: Step) -> Result<bool, ConnError> {
+        match step {
+            Step::Write { bytes, close } => {
+                if !bytes.is_empty() {
+                    self.ctx.dispatcher.stats().replies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.conn.send(&bytes).await?;
+                }
+                if close {
+                    self.conn.flush().await?;
+                }
+                Ok(close)
+            }
+            Step::Failed => {
+                // What earlier calls returned still goes out.
+                self.conn.flush().await?;
+                Err(ConnError::RequestFailed)
+            }
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The connection world (`sockets:plugin/connection-handler@0.2.0`): a TCP
+//! connection is a `session` of the plugin, in an instance of its own.
+//!
+//! Most tests use `session-probe` (plugins/session-probe), a line protocol
+//! whose commands show what the session saw; `line-echo` is the plugin-side
+//! line framing echo the benchmarks use.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn probe_host(extra: &[&str]) -> Host {
+    let p = plugin("session-probe");
+    let mut args = vec!["--plugin", p.to_str().unwrap(), "--tcp", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Host::start(&args)
+}
+
+/// Send `line` and read one reply line.
+fn ask(s: &mut TcpStream, line: &str) -> String {
+    let reply = line_roundtrip(s, line.as_bytes());
+    String::from_utf8(reply).unwrap()
+}
+
+/// Everything the host sends until it closes the connection.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("the host closes the connection");
+    out
+}
+
+/// `bytes` with a custom section appended: a valid component with another
+/// sha256, so the host sees a new version.
+fn variant(bytes: &[u8], tag: u32) -> Vec<u8> {
+    let name = b"variant";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&tag.to_le_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.push(section.len() as u8);
+    out.extend_from_slice(&section);
+    out
+}
+
+#[test]
+fn a_connection_plugin_is_served_on_tcp_only() {
+    let p = plugin("session-probe");
+    let mut host = Host::start(&["--plugin", p.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert!(host.udp.is_empty(), "a connection plugin must not serve UDP");
+    assert_eq!(host.logs.count("not serving udp"), 1, "{}", host.logs.lines().join("\n"));
+    let mut s = tcp_connect(host.tcp());
+    let local = s.local_addr().unwrap();
+    assert_eq!(ask(&mut s, "whoami"), format!("peer={local} local={}\n", host.tcp()));
+    assert_eq!(ask(&mut s, "plain text"), "plain text\n");
+    drop(s);
+    host.sigterm();
+    assert!(host.wait(REPLY_TIMEOUT).is_some());
+
+    // Asking for UDP explicitly is an error that says why.
+    let (code, log) = run_host(&["--plugin", p.to_str().unwrap(), "--udp", "127.0.0.1:0"]);
+    assert_ne!(code, Some(0));
+    assert!(log.contains("serves TCP only") && log.contains("--udp 127.0.0.1:0"), "{log}");
+}
+
+#[test]
+fn bytes_split_at_every_boundary_reach_the_plugin_in_order() {
+    let host = probe_host(&[]);
+    let message = b"set a\nget\ncount\n";
+    for cut in 1..message.len() {
+        let mut s = tcp_connect(host.tcp());
+        let before = host.stats()["requests"];
+        s.write_all(&message[..cut]).unwrap();
+        // The first part was a call of its own before the rest is sent.
+        host.wait_stat("requests", before + 1);
+        s.write_all(&message[cut..]).unwrap();
+        let mut replies = read_n(&mut s, b"ok\na\n3 16\n".len());
+        replies.extend(line_roundtrip(&mut s, b"calls"));
+        let text = String::from_utf8(replies).unwrap();
+        let calls: u64 = text.lines().last().unwrap().parse().unwrap();
+        assert!(text.starts_with("ok\na\n3 16\n"), "cut at {cut}: {text:?}");
+        assert!(calls >= 3, "cut at {cut}: the bytes came in {calls} calls, expected the split and the calls line");
+    }
+}
+
+#[test]
+fn many_messages_in_one_write_and_one_message_larger_than_a_read() {
+    let p = plugin("line-echo");
+    let host = Host::start(&["--plugin", p.to_str().unwrap(), "--tcp", "127.0.0.1:0"]);
+    let mut s = tcp_connect(host.tcp());
+    // 2,000 lines in one write.
+    let lines: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    s.write_all(lines.as_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, lines.len()), lines.as_bytes());
+    // One 300 KB line, many times the host's 8 KiB read: sent from another
+    // thread, since the echo comes back while it is still being written.
+    let big: Vec<u8> = (0..300_000).map(|i| b'a' + (i % 26) as u8).chain([b'\n']).collect();
+    let mut writer = s.try_clone().unwrap();
+    let sent = big.clone();
+    let t = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    assert_eq!(read_n(&mut s, big.len()), big);
+    t.join().unwrap();
+}
+
+#[test]
+fn a_slow_writer_is_served_byte_by_byte() {
+    let host = probe_host(&[]);
+    let mut s = tcp_connect(host.tcp());
+    for &b in b"set slowly\nget\n" {
+        s.write_all(&[b]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(read_n(&mut s, 10), b"ok\nslowly\n");
+}
+
+#[test]
+fn connections_never_share_state_and_a_trap_ends_only_its_own() {
+    let host = probe_host(&[]);
+    let (mut a, mut b) = (tcp_connect(host.tcp()), tcp_connect(host.tcp()));
+    assert_eq!(ask(&mut a, "set alice"), "ok\n");
+    assert_eq!(ask(&mut b, "set bob"), "ok\n");
+    assert_eq!(ask(&mut a, "get"), "alice\n");
+    assert_eq!(ask(&mut b, "get"), "bob\n");
+    // A global of the plugin: every connection has an instance of its own.
+    assert_eq!(ask(&mut a, "global"), "1\n");
+    assert_eq!(ask(&mut a, "global"), "2\n");
+    assert_eq!(ask(&mut b, "global"), "1\n");
+
+    a.write_all(b"trap\n").unwrap();
+    assert!(read_to_close(&mut a).is_empty());
+    assert_eq!(host.wait_stat("traps", 1), 1);
+    assert_eq!(ask(&mut b, "get"), "bob\n", "the other connection is untouched");
+    // A timeout too ends its connection only.
+    let mut c = tcp_connect(host.tcp());
+    c.write_all(b"spin\n").unwrap();
+    assert!(read_to_close(&mut c).is_empty());
+    assert_eq!(host.wait_stat("timeouts", 1), 1);
+    assert_eq!(ask(&mut b, "count"), format!("{} {}\n", 5, "set bob\nget\nglobal\nget\ncount\n".len()));
+}
+
+/// Whether the destructor ran for the connection from `peer`: its log line.
+fn dropped(host: &Host, peer: std::net::SocketAddr) -> bool {
+    let needle = format!("peer={peer} ");
+    eventually(REPLY_TIMEOUT, || {
+        host.logs.lines().iter().any(|l| l.contains("session-probe: dropped after") && l.contains(&needle))
+    })
+}
+
+#[test]
+fn the_destructor_runs_however_the_connection_ends() {
+    let host = probe_host(&["--idle-timeout", "500ms"]);
+
+    // The plugin asks to close: its last bytes arrive, then the close.
+    let mut s = tcp_connect(host.tcp());
+    let peer = s.local_addr().unwrap();
+    s.write_all(b"hello\nquit\nnever read\n").unwrap();
+    assert_eq!(read_to_close(&mut s), b"hello\nbye\n");
+    assert!(dropped(&host, peer), "plugin close");
+
+    // The peer half-closes: `on-end`'s bytes are still delivered.
+    let mut s = tcp_connect(host.tcp());
+    let peer = s.local_addr().unwrap();
+    s.write_all(b"one\ntwo\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut s), b"one\ntwo\nend after 2 lines\n");
+    assert!(dropped(&host, peer), "half-close");
+
+    // The peer resets the connection.
+    let s = tcp_connect(host.tcp());
+    let peer = s.local_addr().unwrap();
+    let mut s = s;
+    assert_eq!(ask(&mut s, "x"), "x\n");
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s);
+    assert!(dropped(&host, peer), "reset");
+
+    // Idle: closed by the host after --idle-timeout.
+    let mut s = tcp_connect(host.tcp());
+    let peer = s.local_addr().unwrap();
+    assert_eq!(ask(&mut s, "x"), "x\n");
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+    assert!(dropped(&host, peer), "idle timeout");
+
+    let stats = host.stats();
+    assert_eq!(stats["sessions_closed"], 4, "{stats:?}");
+    assert_eq!(stats["connections_closed"], 4, "{stats:?}");
+}
+
+#[test]
+fn sigterm_drains_connections_and_runs_their_destructors() {
+    let mut host = probe_host(&[]);
+    let mut conns: Vec<TcpStream> = (0..3).map(|_| tcp_connect(host.tcp())).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        assert_eq!(ask(s, &format!("conn {i}")), format!("conn {i}\n"));
+    }
+    host.sigterm();
+    for s in &mut conns {
+        assert!(read_to_close(s).is_empty());
+    }
+    assert!(host.wait(REPLY_TIMEOUT).is_some(), "the host did not exit");
+    assert_eq!(host.logs.count("session-probe: dropped after 1 lines"), 3, "{}", host.logs.lines().join("\n"));
+    let last = host.logs.lines().into_iter().rev().find(|l| l.contains("stats requests=")).unwrap();
+    assert_eq!(parse_stats(&last)["sessions_closed"], 3, "{last}");
+}
+
+#[test]
+fn calls_get_at_most_max_request_bytes_and_replies_at_most_max_reply() {
+    let host = probe_host(&["--max-request", "100", "--max-reply", "2000"]);
+    let mut s = tcp_connect(host.tcp());
+    let long = "y".repeat(1000);
+    assert_eq!(ask(&mut s, &long), format!("{long}\n"));
+    let calls: u64 = ask(&mut s, "calls").trim().parse().unwrap();
+    assert!(calls >= 11, "1,006 bytes in calls of at most 100: {calls} calls");
+    // A reply over --max-reply is not sent, and ends the connection.
+    assert_eq!(ask(&mut s, "big 900").len(), 901);
+    s.write_all(b"big 5000\n").unwrap();
+    assert!(read_to_close(&mut s).is_empty());
+    assert_eq!(host.wait_stat("replies_dropped", 1), 1);
+}
+
+#[test]
+fn a_reply_larger_than_the_output_bound_is_written_whole() {
+    let host = probe_host(&[]);
+    let mut s = tcp_connect(host.tcp());
+    s.write_all(b"big 1000000\nget\n").unwrap();
+    let reply = read_n(&mut s, 1_000_001 + 1);
+    assert!(reply[..1_000_000].iter().all(|&b| b == b'x'));
+    assert_eq!(&reply[1_000_000..], b"\n\n");
+}
+
+#[test]
+fn connections_wait_for_an_instance_instead_of_failing() {
+    // Room for two instances: the third connection waits for one.
+    let host = probe_host(&["--max-instances", "2"]);
+    let (mut a, mut b) = (tcp_connect(host.tcp()), tcp_connect(host.tcp()));
+    assert_eq!(ask(&mut a, "a"), "a\n");
+    assert_eq!(ask(&mut b, "b"), "b\n");
+    let mut c = tcp_connect(host.tcp());
+    c.write_all(b"c\n").unwrap();
+    // Accepted, but no session yet: nothing was called for it.
+    host.wait_stat("connections", 3);
+    assert_eq!(host.stats()["requests"], 2);
+    drop(a);
+    assert_eq!(read_line(&mut c), b"c\n");
+    assert_eq!(host.stats()["traps"], 0);
+}
+
+#[test]
+fn connections_keep_their_version_across_twenty_reloads() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service.wasm");
+    let probe = std::fs::read(plugin("session-probe")).unwrap();
+    std::fs::write(&path, &probe).unwrap();
+    let host = Host::start(&["--plugin", path.to_str().unwrap(), "--tcp", "127.0.0.1:0"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Rounds each connection has completed.
+    let rounds: Arc<Vec<AtomicU64>> = Arc::new((0..16).map(|_| AtomicU64::new(0)).collect());
+    // 16 connections stream requests for the whole test. Each checks that
+    // every reply comes from the instance it started with: the value it set
+    // is there, and the line count goes on by exactly two per round.
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let (stop, rounds, addr) = (stop.clone(), rounds.clone(), host.tcp());
+            std::thread::spawn(move || {
+                let mut s = tcp_connect(addr);
+                assert_eq!(ask(&mut s, &format!("set conn-{i}")), "ok\n");
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    s.write_all(b"get\ncount\n").unwrap();
+                    assert_eq!(read_line(&mut s), format!("conn-{i}\n").as_bytes(), "conn {i}, round {n}");
+                    let count = String::from_utf8(read_line(&mut s)).unwrap();
+                    let lines: u64 = count.split(' ').next().unwrap().parse().unwrap();
+                    n += 1;
+                    assert_eq!(lines, 1 + 2 * n, "conn {i}, round {n}");
+                    rounds[i].store(n, Ordering::Relaxed);
+                }
+                s
+            })
+        })
+        .collect();
+    for reload in 1..=20u64 {
+        let tmp = dir.path().join("next.wasm");
+        std::fs::write(&tmp, variant(&probe, reload as u32)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        host.wait_stat("reloads", reload);
+        // Every connection sends more requests after this swap.
+        let seen: Vec<u64> = rounds.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+        assert!(
+            eventually(REPLY_TIMEOUT, || rounds.iter().zip(&seen).all(|(r, s)| r.load(Ordering::Relaxed) > *s)),
+            "a connection stopped getting replies after reload {reload}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let conns: Vec<TcpStream> = clients.into_iter().map(|c| c.join().expect("a client saw a wrong reply")).collect();
+    // A new connection gets the newest version.
+    let mut fresh = tcp_connect(host.tcp());
+    assert_eq!(ask(&mut fresh, "get"), "\n");
+    let newest = host.logs.lines().into_iter().rev().find(|l| l.contains("reloaded plugin")).unwrap();
+    let newest = newest.split("-> ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    let needle = format!("session-probe: open peer={} ", fresh.local_addr().unwrap());
+    assert_eq!(host.logs.wait_for(&needle, 1, REPLY_TIMEOUT), 1);
+    let open = host.logs.lines().into_iter().find(|l| l.contains(&needle)).unwrap();
+    assert!(open.contains(&format!("version={newest}")), "{open} (newest {newest})");
+    let stats = host.stats();
+    assert_eq!((stats["connections_closed"], stats["traps"], stats["reload_failures"]), (0, 0, 0), "{stats:?}");
+    assert_eq!(stats["reloads"], 20);
+    drop(conns);
+}
+
+#[test]
+fn a_connection_with_its_own_handler_instance_keeps_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service.wasm");
+    std::fs::copy(plugin("echo"), &path).unwrap();
+    let args = ["--plugin", path.to_str().unwrap(), "--tcp", "127.0.0.1:0", "--tcp-isolation", "connection"];
+    let host = Host::start(&[&args[..], &["--reload-grace", "1h"]].concat());
+    let mut old = tcp_connect(host.tcp());
+    assert_eq!(line_roundtrip(&mut old, b"before"), b"before\n");
+    let tmp = dir.path().join("next.wasm");
+    std::fs::copy(plugin("upper"), &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    host.wait_stat("reloads", 1);
+    let mut new = tcp_connect(host.tcp());
+    assert_eq!(line_roundtrip(&mut new, b"after"), b"AFTER\n");
+    assert_eq!(line_roundtrip(&mut old, b"after"), b"after\n", "the old connection keeps its version");
+}
+
+#[test]
+fn old_versions_are_closed_after_the_reload_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service.wasm");
+    let probe = std::fs::read(plugin("session-probe")).unwrap();
+    std::fs::write(&path, &probe).unwrap();
+    let host = Host::start(&["--plugin", path.to_str().unwrap(), "--tcp", "127.0.0.1:0", "--reload-grace", "2s"]);
+    let mut old = tcp_connect(host.tcp());
+    assert_eq!(ask(&mut old, "set before"), "ok\n");
+    std::fs::write(dir.path().join("next.wasm"), variant(&probe, 1)).unwrap();
+    std::fs::rename(dir.path().join("next.wasm"), &path).unwrap();
+    host.wait_stat("reloads", 1);
+    // Within the grace the old connection is still served by its version;
+    // once it is over, the connection is closed between calls, its
+    // destructor having run.
+    assert_eq!(ask(&mut old, "get"), "before\n");
+    let mut new = tcp_connect(host.tcp());
+    assert_eq!(ask(&mut new, "get"), "\n");
+    assert!(read_to_close(&mut old).is_empty());
+    assert_eq!(host.wait_stat("connections_retired", 1), 1);
+    assert_eq!(host.wait_stat("sessions_closed", 1), 1);
+    // The new version's connection is not touched.
+    assert_eq!(ask(&mut new, "set after"), "ok\n");
+    assert_eq!(host.stats()["connections_retired"], 1);
+}
+
+#[test]
+fn a_reload_cannot_change_the_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service.wasm");
+    std::fs::copy(plugin("session-probe"), &path).unwrap();
+    let host = Host::start(&["--plugin", path.to_str().unwrap(), "--tcp", "127.0.0.1:0"]);
+    let tmp = dir.path().join("next.wasm");
+    std::fs::copy(plugin("echo"), &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    host.wait_stat("reload_failures", 1);
+    let line = host.logs.lines().into_iter().find(|l| l.contains("reload failed")).unwrap();
+    assert!(line.contains("cannot change the world"), "{line}");
+    let mut s = tcp_connect(host.tcp());
+    assert_eq!(ask(&mut s, "whoami").split(' ').next().unwrap(), format!("peer={}", s.local_addr().unwrap()));
+}
+
+#[test]
+fn handler_plugins_can_keep_one_instance_per_connection() {
+    let hostile = plugin("hostile");
+    for (isolation, expect) in [("request", ["1", "1", "1"]), ("connection", ["1", "2", "3"])] {
+        let host =
+            Host::start(&["--plugin", hostile.to_str().unwrap(), "--tcp", "127.0.0.1:0", "--tcp-isolation", isolation]);
+        let mut s = tcp_connect(host.tcp());
+        s.write_all(b"count\ncount\n").unwrap();
+        let got = [read_line(&mut s), read_line(&mut s), line_roundtrip(&mut s, b"count")];
+        let got: Vec<String> = got.iter().map(|l| String::from_utf8_lossy(l).trim().to_string()).collect();
+        assert_eq!(got, expect, "--tcp-isolation {isolation}");
+        // Another connection starts from a fresh instance either way.
+        let mut t = tcp_connect(host.tcp());
+        assert_eq!(line_roundtrip(&mut t, b"count"), b"1\n", "--tcp-isolation {isolation}");
+        // A failed request closes the connection, and its instance with it.
+        s.write_all(b"panic\n").unwrap();
+        assert!(closed_within(&mut s, REPLY_TIMEOUT));
+        assert_eq!(line_roundtrip(&mut t, b"count").len(), 2);
+    }
+}
