@@ -18,7 +18,9 @@ pub enum Framing {
     U16,
     /// A big-endian u32 length, then that many bytes.
     U32,
-    /// Each read is one request; replies are written as they are.
+    /// Each read is one request, split wherever the stream was split (at
+    /// most `--max-request` bytes); replies are written as they are. A
+    /// stream protocol needs a `connection-handler` plugin instead.
     Raw,
 }
 

@@ -167,7 +167,20 @@ fn fit_to_world(bound: Vec<Bound>, config: &Config, plugin: &plugin::Plugin) -> 
         );
     }
     if plugin.world() == plugin::World::Handler {
+        if config.framing == config::Framing::Raw {
+            tracing::info!(
+                "--framing raw: each TCP read is one request, split wherever the stream was split, each in a \
+                 fresh call; a stream protocol (HTTP/1.1, RESP, ...) needs a connection-handler plugin"
+            );
+        }
         return Ok(bound);
+    }
+    if config.framing != config::Framing::Lines || config.tcp_isolation != config::TcpIsolation::Request {
+        tracing::warn!(
+            "--framing and --tcp-isolation have no effect: plugin {} implements the connection-handler world, \
+             which frames its own protocol in one instance per connection",
+            info.name
+        );
     }
     if let Some(addr) = config.udp.first() {
         anyhow::bail!(

@@ -392,3 +392,115 @@ fn handler_plugins_can_keep_one_instance_per_connection() {
         assert_eq!(line_roundtrip(&mut t, b"count").len(), 2);
     }
 }
+
+/// Serve the connection plugin `name` and hold one conversation with it:
+/// every `(send, expect)` in turn, on one connection; `None` expects the
+/// host to close the connection (after any bytes still due).
+fn converse(name: &str, turns: &[(&[u8], Option<&[u8]>)]) -> Host {
+    let p = plugin(name);
+    let host = Host::start(&["--plugin", p.to_str().unwrap(), "--tcp", "127.0.0.1:0"]);
+    let mut s = tcp_connect(host.tcp());
+    for (i, (send, expect)) in turns.iter().enumerate() {
+        s.write_all(send).unwrap();
+        match expect {
+            Some(want) => {
+                let got = read_n(&mut s, want.len());
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(want),
+                    "{name}, turn {i}: sent {:?}",
+                    String::from_utf8_lossy(send)
+                );
+            }
+            None => assert!(closed_within(&mut s, REPLY_TIMEOUT), "{name}, turn {i}: not closed"),
+        }
+    }
+    host
+}
+
+#[test]
+fn readme_example_counter() {
+    converse(
+        "counter",
+        &[
+            (b"hi\nyo\n", Some(b"1 hi\n2 yo\n")),
+            // Half a line gets no reply yet; its end completes it.
+            (b"half", Some(b"")),
+            (b" a line\n", Some(b"3 half a line\n")),
+            (&[b'x'; 5000], None),
+        ],
+    );
+}
+
+#[test]
+fn example_greeter() {
+    converse(
+        "greeter",
+        &[
+            (b"HELLO\n", Some(b"HELLO stranger\n")),
+            (b"NAME Ada\r\nHEL", Some(b"OK\n")),
+            (b"LO\n", Some(b"HELLO Ada\n")),
+            (b"DANCE\nCOUNT\n", Some(b"ERR unknown command\n5\n")),
+            (b"QUIT\nHELLO\n", Some(b"BYE\n")),
+            (b"", None),
+        ],
+    );
+}
+
+#[test]
+fn rust_line_echo() {
+    converse(
+        "line-echo",
+        &[
+            (b"one\ntw", Some(b"one\n")),
+            (b"o\n\n", Some(b"two\n\n")),
+            ("héllo \x00\u{7f}\n".as_bytes(), Some("héllo \x00\u{7f}\n".as_bytes())),
+        ],
+    );
+}
+
+#[test]
+fn a_peer_that_does_not_read_is_not_read_from() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const TOTAL: usize = 32 << 20;
+    let p = plugin("line-echo");
+    let host = Host::start(&["--plugin", p.to_str().unwrap(), "--tcp", "127.0.0.1:0"]);
+    let rss_before = host.rss_kib();
+    let s = tcp_connect(host.tcp());
+    let line: Vec<u8> = (0..1023).map(|i| b'a' + (i % 26) as u8).chain([b'\n']).collect();
+    let written = Arc::new(AtomicU64::new(0));
+    let mut w = s.try_clone().unwrap();
+    let (line2, written2) = (line.clone(), written.clone());
+    // Write 32 MiB of lines to an echo without reading a byte of it.
+    let writer = std::thread::spawn(move || {
+        for _ in 0..TOTAL / line2.len() {
+            w.write_all(&line2).unwrap();
+            written2.fetch_add(line2.len() as u64, Ordering::Relaxed);
+        }
+    });
+    // The writer stalls: the host stopped reading once its output was not
+    // taken. (What was written sits in kernel buffers: a few MiB.)
+    let mut last = u64::MAX;
+    assert!(
+        eventually(REPLY_TIMEOUT, || {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = written.load(Ordering::Relaxed);
+            std::mem::replace(&mut last, now) == now
+        }),
+        "the writer never stalled"
+    );
+    let stalled_at = written.load(Ordering::Relaxed) as usize;
+    assert!(stalled_at < TOTAL / 2, "the host kept reading: {stalled_at} bytes taken without a read");
+    let grown = host.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 24 << 10, "the host grew by {grown} KiB while the peer did not read");
+    // Now read: every byte comes back, in order, and the writer finishes.
+    let mut s = s;
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut buf = vec![0u8; line.len()];
+    for i in 0..TOTAL / line.len() {
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, line, "line {i}");
+    }
+    writer.join().unwrap();
+}
