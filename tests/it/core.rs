@@ -366,6 +366,8 @@ fn sigusr1_logs_every_documented_counter() {
         "connections",
         "connections_closed",
         "connections_closed_by_host",
+        "sessions_closed",
+        "connections_retired",
         "instances_expired",
         "reloads",
         "reload_failures",

@@ -135,11 +135,16 @@ impl FramedConn {
         self.decoder.framing()
     }
 
+    /// Give the peer a whole `--idle-timeout` from now.
+    pub(super) fn extend_deadline(&mut self) {
+        self.deadline = Instant::now() + self.idle_timeout;
+    }
+
     /// Unframed input (connection world): what has been read and not
     /// consumed, at most the decoder's limit (`--max-request`) at a time.
     /// Bytes arriving count as activity for the idle timeout.
     pub(super) fn input(&mut self) -> &[u8] {
-        self.deadline = Instant::now() + self.idle_timeout;
+        self.extend_deadline();
         let n = self.buf.len().min(self.decoder.max());
         &self.buf[..n]
     }

@@ -43,9 +43,18 @@ impl Handler {
         let ctx = self.ctx.clone();
         // An instance per connection: wait for room in the pool for as
         // long as the connection may be idle.
-        let Some(mut session) = ctx.dispatcher.open_session(self.peer, self.local, ctx.idle_timeout).await else {
+        let open = ctx.dispatcher.open_session(self.peer, self.local, ctx.idle_timeout);
+        let opened = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Ok(()),
+            opened = open => opened,
+        };
+        let Some(mut session) = opened else {
             return Err(ConnError::RequestFailed);
         };
+        // The idle timeout counts from when the session is ready, not from
+        // the accept: waiting for an instance is the host's time.
+        self.conn.extend_deadline();
         let result = self.serve(&mut session).await;
         session.close().await;
         result
