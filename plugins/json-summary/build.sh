@@ -4,34 +4,18 @@
 # Usage (from anywhere; scripts/build-plugins.sh calls it from the repo root):
 #   bash plugins/json-summary/build.sh /abs/path/target/plugins/json-summary.wasm
 #
-# Needs python3 (3.10+) with pip. Installs componentize-py, pinned, into
-# target/pyenv/componentize-py-<version> with `pip install --target` (no venv,
-# so Debian's python3-venv package is not needed, and PEP 668's
-# "externally managed" guard does not apply). Re-runs skip the install.
+# Needs python3 (3.10+) with pip. componentize-py (pinned) is run through
+# scripts/componentize-py.sh, which installs it into
+# target/pyenv/componentize-py-<version> on first use (shared with the other
+# Python plugins, so it is installed once).
 set -euo pipefail
-
-COMPONENTIZE_PY_VERSION=0.25.1
 
 out=${1:?usage: build.sh OUT_PATH}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
 
-tooldir="$root/target/pyenv/componentize-py-$COMPONENTIZE_PY_VERSION"
-stamp="$tooldir/.installed"
-if [ ! -e "$stamp" ]; then
-  echo "json-summary: installing componentize-py==$COMPONENTIZE_PY_VERSION into $tooldir" >&2
-  rm -rf "$tooldir"
-  python3 -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore \
-    --target "$tooldir" "componentize-py==$COMPONENTIZE_PY_VERSION"
-  touch "$stamp"
-fi
-
-componentize_py() {
-  PYTHONPATH="$tooldir" python3 -c \
-    'import sys; from componentize_py import script; sys.argv[0] = "componentize-py"; sys.exit(script())' \
-    "$@"
-}
+componentize_py() { bash "$root/scripts/componentize-py.sh" "$@"; }
 
 mkdir -p "$(dirname "$out")"
 # Build to a temporary file first so that a failed build never leaves a

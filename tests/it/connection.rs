@@ -504,3 +504,50 @@ fn a_peer_that_does_not_read_is_not_read_from() {
     }
     writer.join().unwrap();
 }
+
+#[test]
+fn python_numbered() {
+    converse(
+        "numbered",
+        &[
+            (b"hi\nyo\n", Some(b"1 hi\n2 yo\n")),
+            // A UTF-8 character split across two writes.
+            (b"h\xc3", Some(b"")),
+            (b"\xa9llo\n", Some("3 h\u{e9}llo\n".as_bytes())),
+            (b"quit\nnever\n", Some(b"bye\n")),
+            (b"", None),
+        ],
+    );
+    // The peer half-closes: on-end's line comes last.
+    let p = plugin("numbered");
+    let host = Host::start(&["--plugin", p.to_str().unwrap(), "--tcp", "127.0.0.1:0"]);
+    let mut s = tcp_connect(host.tcp());
+    s.write_all(b"a\nb\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut s), b"1 a\n2 b\n2 lines\n");
+    // A line over 64 KiB is an `err`: the connection is closed.
+    let mut s = tcp_connect(host.tcp());
+    s.write_all(&[b'x'; 70_000]).unwrap();
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+    assert_eq!(host.wait_stat("plugin_errors", 1), 1);
+}
+
+#[test]
+fn javascript_shout() {
+    converse(
+        "shout",
+        &[
+            (b"hello\nname ada\n", Some(b"HELLO\nHELLO ADA\n")),
+            ("h\u{e9}".as_bytes(), Some(b"")),
+            (b"y\n", Some("H\u{e9}Y\n".as_bytes())),
+            (b"quit\nnever\n", Some(b"BYE\n")),
+            (b"", None),
+        ],
+    );
+    let p = plugin("shout");
+    let host = Host::start(&["--plugin", p.to_str().unwrap(), "--tcp", "127.0.0.1:0"]);
+    let mut s = tcp_connect(host.tcp());
+    s.write_all(b"a\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut s), b"A\nEND\n");
+}
