@@ -103,7 +103,7 @@ pub struct Config {
 
     /// Largest request payload; a larger datagram is dropped, a larger TCP
     /// frame closes its connection.
-    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_REQUEST, value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_REQUEST, value_parser = parse_nonzero_bytes)]
     pub max_request: usize,
 
     /// Largest reply payload; a larger reply is not sent. UDP replies are
@@ -220,6 +220,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 500ms, 2s, 1m)"))
 }
 
+fn parse_nonzero_bytes(s: &str) -> Result<usize, String> {
+    match parse_bytes(s)? {
+        0 => Err("must be at least 1 byte".into()),
+        n => Ok(n),
+    }
+}
+
 fn parse_bytes(s: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = s.parse().map_err(|e| format!("{e} (try e.g. 65536, 64KiB, 16MiB)"))?;
     usize::try_from(size.as_u64()).map_err(|_| format!("{s} is too large"))
@@ -264,5 +271,6 @@ mod tests {
         assert_eq!(c.max_request, 512);
         assert_eq!(c.timeout, Duration::from_secs(2));
         assert!(Config::try_parse_from(["host", "--plugin", "p", "--timeout", "soon"]).is_err());
+        assert!(Config::try_parse_from(["host", "--plugin", "p", "--max-request", "0"]).is_err());
     }
 }

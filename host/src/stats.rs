@@ -39,29 +39,35 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Requests handed to the plugin.
+    /// Requests handed to the plugin (connection world: calls of `on-data`
+    /// and `on-end`).
     requests,
     /// Replies sent.
     replies,
-    /// Requests the plugin answered with `ok(none)`.
+    /// Requests the plugin answered with `ok(none)` (connection world: with
+    /// no bytes to write).
     no_reply,
     /// Requests the plugin answered with `err(..)`.
     plugin_errors,
-    /// Requests whose plugin instance trapped (panic, stack overflow, memory limit, ...).
+    /// Calls whose plugin instance trapped (panic, stack overflow, memory
+    /// limit, ...), including session constructors and destructors.
     traps,
     /// Requests cut off at `--timeout` (or out of fuel).
     timeouts,
     /// Replies not sent because they exceeded `--max-reply` or the amplification cap.
     replies_dropped,
     /// Requests dropped before the plugin saw them: a datagram over
-    /// `--max-request`, or a slow UDP request over the per-socket limit.
+    /// `--max-request`, a slow UDP request over the host's limit, or a
+    /// connection (connection world) that found no free instance within
+    /// `--idle-timeout`.
     requests_dropped,
     /// UDP replies the kernel refused to send (e.g. the peer's port is unreachable).
     udp_send_errors,
     /// TCP connections accepted.
     connections,
     /// TCP connections closed by the host: a framing error, idle timeout,
-    /// or a request that failed.
+    /// a request or session call that failed, no free instance, or a
+    /// retired version.
     connections_closed_by_host,
     /// TCP connections that ended, for any reason.
     connections_closed,

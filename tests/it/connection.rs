@@ -551,3 +551,100 @@ fn javascript_shout() {
     s.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_close(&mut s), b"A\nEND\n");
 }
+
+#[test]
+fn the_destructor_is_skipped_only_after_the_instance_failed() {
+    let host = probe_host(&["--max-reply", "1000"]);
+    let peer_of = |s: &TcpStream| s.local_addr().unwrap();
+    // `err` and an output over --max-reply close the connection, but the
+    // instance is sound: its destructor runs.
+    let mut failed = tcp_connect(host.tcp());
+    failed.write_all(b"err\n").unwrap();
+    assert!(read_to_close(&mut failed).is_empty());
+    assert!(dropped(&host, peer_of(&failed)), "after err");
+    let mut big = tcp_connect(host.tcp());
+    big.write_all(b"big 5000\n").unwrap();
+    assert!(read_to_close(&mut big).is_empty());
+    assert!(dropped(&host, peer_of(&big)), "after an output over --max-reply");
+    // `quit` and the end of the stream in one segment: no `on-end` after
+    // the plugin asked to close.
+    let mut quit = tcp_connect(host.tcp());
+    quit.write_all(b"quit\n").unwrap();
+    quit.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut quit), b"bye\n");
+    assert!(dropped(&host, peer_of(&quit)), "after quit");
+    // A trap and a timeout: the instance is never called again.
+    for cmd in ["trap\n", "spin\n"] {
+        let mut s = tcp_connect(host.tcp());
+        s.write_all(cmd.as_bytes()).unwrap();
+        assert!(read_to_close(&mut s).is_empty());
+    }
+    host.wait_stat("connections_closed", 5);
+    let stats = host.stats();
+    assert_eq!((stats["traps"], stats["timeouts"], stats["sessions_closed"]), (1, 1, 3), "{stats:?}");
+}
+
+#[test]
+fn a_reload_is_not_held_up_by_a_full_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service.wasm");
+    let probe = std::fs::read(plugin("session-probe")).unwrap();
+    std::fs::write(&path, &probe).unwrap();
+    let host = Host::start(&["--plugin", path.to_str().unwrap(), "--tcp", "127.0.0.1:0", "--max-instances", "2"]);
+    let (mut a, mut b) = (tcp_connect(host.tcp()), tcp_connect(host.tcp()));
+    assert_eq!(ask(&mut a, "a"), "a\n");
+    assert_eq!(ask(&mut b, "b"), "b\n");
+    // Both instances are held by open connections; the new version is
+    // still validated and swapped in.
+    std::fs::write(dir.path().join("next.wasm"), variant(&probe, 1)).unwrap();
+    std::fs::rename(dir.path().join("next.wasm"), &path).unwrap();
+    assert_eq!(host.wait_stat("reloads", 1), 1);
+    assert_eq!(ask(&mut a, "count"), "2 8\n");
+}
+
+#[test]
+fn reload_grace_zero_closes_old_connections_at_the_reload() {
+    // With --tcp-isolation connection, a handler plugin's connections keep
+    // their version too, and are retired the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service.wasm");
+    std::fs::copy(plugin("echo"), &path).unwrap();
+    let host = Host::start(&[
+        "--plugin",
+        path.to_str().unwrap(),
+        "--tcp",
+        "127.0.0.1:0",
+        "--tcp-isolation",
+        "connection",
+        "--reload-grace",
+        "0",
+    ]);
+    let mut old = tcp_connect(host.tcp());
+    assert_eq!(line_roundtrip(&mut old, b"hi"), b"hi\n");
+    let tmp = dir.path().join("next.wasm");
+    std::fs::copy(plugin("upper"), &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    host.wait_stat("reloads", 1);
+    assert!(read_to_close(&mut old).is_empty());
+    assert_eq!(host.wait_stat("connections_retired", 1), 1);
+    let mut new = tcp_connect(host.tcp());
+    assert_eq!(line_roundtrip(&mut new, b"hi"), b"HI\n");
+}
+
+#[test]
+fn a_connection_that_finds_no_instance_is_closed_and_counted() {
+    let host = probe_host(&["--max-instances", "1", "--idle-timeout", "300ms"]);
+    let mut holder = tcp_connect(host.tcp());
+    assert_eq!(ask(&mut holder, "hold"), "hold\n");
+    let mut waiting = tcp_connect(host.tcp());
+    waiting.write_all(b"never served\n").unwrap();
+    // The holder keeps its instance busy with traffic; the other
+    // connection gives up after --idle-timeout.
+    let closed = eventually(REPLY_TIMEOUT, || {
+        assert_eq!(ask(&mut holder, "ping"), "ping\n");
+        closed_within(&mut waiting, Duration::from_millis(50))
+    });
+    assert!(closed, "the waiting connection was not closed");
+    assert_eq!(host.wait_stat("requests_dropped", 1), 1);
+    assert!(host.logs.count("no plugin instance free within") >= 1);
+}

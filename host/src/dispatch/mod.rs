@@ -29,7 +29,7 @@ use crate::request::Request;
 use crate::stats::Stats;
 
 pub use limits::{ReplyLimit, call_limits};
-pub use session::{LiveSession, Step};
+pub use session::{LiveSession, OpenError, Step};
 pub use version::{CallPolicy, Lease, Version, Versions};
 
 /// What the listener does next.
@@ -84,15 +84,15 @@ impl Dispatcher {
     /// frames of one TCP read. In reuse mode it keeps its instance from one
     /// request to the next instead of going through the shared idle pool.
     pub fn sequence(&self) -> Sequence<'_> {
-        Sequence { dispatcher: self, held: None, pinned: None }
+        Sequence { dispatcher: self, held: None, pinned: None, pin: false }
     }
 
     /// The requests of one connection with an instance of its own
-    /// (`--tcp-isolation connection`): every request goes to the version
-    /// current now and to one instance, created at the first request and
+    /// (`--tcp-isolation connection`): every request goes to one instance,
+    /// created at the first request (of the version current then) and
     /// dropped with the sequence (never pooled, never shared).
     pub fn pinned_sequence(&self) -> Sequence<'_> {
-        Sequence { dispatcher: self, held: None, pinned: Some(self.versions.current()) }
+        Sequence { dispatcher: self, held: None, pinned: None, pin: true }
     }
 
     /// Drop instances idle for too long (reuse mode); call about once a
@@ -106,8 +106,15 @@ impl Dispatcher {
 
     /// Start `req` on `pinned`, or else the current version, on `held` if it
     /// is an instance of that version.
-    fn call(&self, req: Request, limit: ReplyLimit, held: Option<Lease>, pinned: Option<Arc<Version>>) -> Call {
-        let keep = pinned.is_some();
+    fn call(
+        &self,
+        req: Request,
+        limit: ReplyLimit,
+        held: Option<Lease>,
+        pin: bool,
+        pinned: Option<Arc<Version>>,
+    ) -> Call {
+        let keep = pin;
         let version = pinned.unwrap_or_else(|| self.versions.current());
         Box::pin(async move {
             let policy = version.policy();
@@ -115,7 +122,10 @@ impl Dispatcher {
             let max_reply = limit.cap(req.payload.len());
             let held = held.filter(|lease| lease.is_of(&version));
             let attempt = async {
-                let mut instance = match held.or_else(|| version.take_idle()) {
+                // A pinned sequence's instance is fresh: never one that
+                // served other peers in reuse mode.
+                let idle = || if keep { None } else { version.take_idle() };
+                let mut instance = match held.or_else(idle) {
                     Some(lease) => lease.into_instance(),
                     None => version.plugin().instantiate(&policy.limits).await?,
                 };
@@ -165,7 +175,7 @@ fn outcome(
             return Outcome::NoReply;
         }
         Err(err) => {
-            call_failed(stats, info, transport, &peer, &err);
+            call_failed(stats, info, transport, &peer, "request", &err);
             return Outcome::Failed;
         }
     };
@@ -187,12 +197,14 @@ fn reply_too_large(
     log_limited!(warn, %plugin, %version, %transport, %peer, "reply of {len} bytes not sent: {why}");
 }
 
-/// Count and log a failed call.
+/// Count and log a failed call; `what` says which (`request`, `session
+/// constructor`, ...).
 fn call_failed(
     stats: &Stats,
     info: &PluginInfo,
     transport: crate::Transport,
     peer: &std::net::SocketAddr,
+    what: &str,
     err: &CallError,
 ) {
     let (plugin, version) = (&info.name, &info.version);
@@ -202,7 +214,7 @@ fn call_failed(
         CallError::Trap(_) | CallError::Instantiate(_) => &stats.traps,
     };
     Stats::incr(counter);
-    log_limited!(warn, %plugin, %version, %transport, %peer, "request failed: {err}");
+    log_limited!(warn, %plugin, %version, %transport, %peer, "{what} failed: {err}");
 }
 
 /// Requests dispatched one after another, sharing an instance in reuse mode
@@ -213,7 +225,9 @@ fn call_failed(
 pub struct Sequence<'d> {
     dispatcher: &'d Dispatcher,
     held: Option<Lease>,
-    /// The version every request goes to, if pinned to one connection.
+    /// Keep one instance for every request (`pinned_sequence`).
+    pin: bool,
+    /// The version of that instance, once the first request chose it.
     pinned: Option<Arc<Version>>,
 }
 
@@ -234,11 +248,15 @@ impl Sequence<'_> {
     /// or moves it elsewhere, and hands the lease back with [`Self::keep`]
     /// if it finished here.
     pub fn start(&mut self, req: Request, limit: ReplyLimit) -> Call {
-        self.dispatcher.call(req, limit, self.held.take(), self.pinned.clone())
+        self.dispatcher.call(req, limit, self.held.take(), self.pin, self.pinned.clone())
     }
 
-    /// Keep `lease` for the next request.
+    /// Keep `lease` for the next request; a pinned sequence's first lease
+    /// pins its version.
     pub fn keep(&mut self, lease: Option<Lease>) {
+        if self.pin && self.pinned.is_none() {
+            self.pinned = lease.as_ref().map(|l| l.version().clone());
+        }
         self.held = lease;
     }
 }

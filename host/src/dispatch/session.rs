@@ -1,13 +1,14 @@
 //! Dispatch for the connection world: one [`LiveSession`] per connection.
 //!
-//! A connection gets the version that is current when it is accepted and a
-//! `session` in a fresh instance of it; it keeps both until it closes (or
-//! until the version is retired, `--reload-grace` after a reload). Every
-//! call runs under the per-call limits and is counted like a request:
-//! `requests` per call of `on-data` or `on-end`, `no_reply` when it gave no
-//! bytes, and the usual error counters when it (or the constructor, or the
-//! destructor) failed.
+//! A connection waits for room in the pool, then gets the version that is
+//! current at that moment and a `session` in a fresh instance of it; it
+//! keeps both until it closes (or until the version is retired,
+//! `--reload-grace` after a reload). Every call runs under the per-call
+//! limits and is counted like a request: `requests` per call of `on-data` or
+//! `on-end`, `no_reply` when it gave no bytes, and the usual error counters
+//! when it (or the constructor, or the destructor) failed.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,8 @@ use super::version::Version;
 use super::{Dispatcher, call_failed, reply_too_large};
 use crate::plugin::connection::{Output, Session};
 use crate::plugin::engine::EPOCH_TICK;
-use crate::plugin::{CallError, Reply};
+use crate::plugin::{CallError, CallLimits, Reply};
+use crate::ratelimit::log_limited;
 use crate::request::Transport;
 use crate::stats::Stats;
 
@@ -35,6 +37,15 @@ pub enum Step {
     Failed,
 }
 
+/// Why no session was opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// No room in the pool within the wait (counted as `requests_dropped`).
+    NoRoom,
+    /// The instance or its constructor failed (counted and logged).
+    Failed,
+}
+
 /// One connection's session, with the version it belongs to.
 pub struct LiveSession {
     version: Arc<Version>,
@@ -43,23 +54,36 @@ pub struct LiveSession {
 }
 
 impl Dispatcher {
-    /// Open a session for a connection `peer` -> `local` on the current
-    /// version. Waits up to `wait` for room in the pool (an instance per
-    /// connection), then the constructor runs under `--timeout`. `None` if
-    /// either failed (counted and logged).
-    pub async fn open_session(&self, peer: SocketAddr, local: SocketAddr, wait: Duration) -> Option<LiveSession> {
-        let version = self.versions.current();
-        let policy = version.policy();
-        let open = version.plugin().open_session(&peer, &local, &policy.limits);
-        let result = match bounded(wait + policy.limits.timeout + 2 * EPOCH_TICK, open).await {
-            Some(result) => result,
-            None => Err(CallError::Instantiate(anyhow::anyhow!("no room for an instance within {wait:?}"))),
+    /// Open a session for a connection `peer` -> `local`: wait up to `wait`
+    /// for room in the pool for its instance, then create it, of the version
+    /// current at that moment, and run the constructor under `--timeout`.
+    pub async fn open_session(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        wait: Duration,
+    ) -> Result<LiveSession, OpenError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // The version is chosen once there is room: a connection that
+        // waited across a reload starts on the new version.
+        let (version, permit) = loop {
+            let version = self.versions.current();
+            let Ok(permit) = tokio::time::timeout_at(deadline, version.plugin().admit()).await else {
+                Stats::incr(&self.stats.requests_dropped);
+                log_limited!(warn, %peer, "no plugin instance free within {wait:?} for a new connection (--max-instances)");
+                return Err(OpenError::NoRoom);
+            };
+            if Arc::ptr_eq(&version, &self.versions.current()) {
+                break (version, permit);
+            }
         };
-        match result {
-            Ok(session) => Some(LiveSession { version, session, peer }),
+        let policy = version.policy();
+        let open = version.plugin().open_session(permit, &peer, &local, &policy.limits);
+        match bounded_call(&policy.limits, open).await {
+            Ok(session) => Ok(LiveSession { version, session, peer }),
             Err(err) => {
-                call_failed(&policy.stats, version.plugin().info(), Transport::Tcp, &peer, &err);
-                None
+                call_failed(&policy.stats, version.plugin().info(), Transport::Tcp, &peer, "session constructor", &err);
+                Err(OpenError::Failed)
             }
         }
     }
@@ -73,71 +97,64 @@ impl LiveSession {
 
     /// Hand bytes from the peer to `on-data`.
     pub async fn data(&mut self, data: &[u8], limit: &ReplyLimit) -> Step {
-        let (version, max_reply) = (self.version.clone(), limit.cap(data.len()));
-        let limits = version.policy().limits;
-        let call = self.session.on_data(data, &limits, max_reply);
-        let result = finish(bounded(limits.timeout + 2 * EPOCH_TICK, call).await, limits.timeout);
-        match result {
-            Ok(Output { bytes, close }) => self.write(bytes, close, limit, data.len()),
-            Err(err) => self.failed(&err),
-        }
+        let limits = self.version.policy().limits;
+        let result = bounded_call(&limits, self.session.on_data(data, &limits, limit.cap(data.len()))).await;
+        self.step(result.map(|Output { bytes, close }| (bytes, close)), limit, data.len())
     }
 
-    /// Tell `on-end` the peer closed its side.
+    /// Tell `on-end` the peer closed its side; its bytes are the last.
     pub async fn end(&mut self, limit: &ReplyLimit) -> Step {
-        let (version, max_reply) = (self.version.clone(), limit.cap(0));
-        let limits = version.policy().limits;
-        let call = self.session.on_end(&limits, max_reply);
-        let result = finish(bounded(limits.timeout + 2 * EPOCH_TICK, call).await, limits.timeout);
-        match result {
-            Ok(bytes) => self.write(bytes, true, limit, 0),
-            Err(err) => self.failed(&err),
-        }
+        let limits = self.version.policy().limits;
+        let result = bounded_call(&limits, self.session.on_end(&limits, limit.cap(0))).await;
+        self.step(result.map(|bytes| (bytes, true)), limit, 0)
     }
 
     /// Drop the session: the plugin's destructor runs (under `--timeout`)
-    /// unless the instance failed; then the instance is dropped. Counted as
-    /// `sessions_closed` when the destructor ran.
+    /// unless the instance failed (a trap, a timeout); then the instance is
+    /// dropped. Counted as `sessions_closed` when the destructor ran.
     pub async fn close(self) {
         let LiveSession { version, session, peer } = self;
-        let (policy, info) = (version.policy(), version.plugin().info());
+        let policy = version.policy();
         if session.is_poisoned() {
             return;
         }
-        match bounded(policy.limits.timeout + 2 * EPOCH_TICK, session.close(&policy.limits)).await {
-            Some(Ok(())) => Stats::incr(&policy.stats.sessions_closed),
-            Some(Err(err)) => call_failed(&policy.stats, info, Transport::Tcp, &peer, &err),
-            None => call_failed(&policy.stats, info, Transport::Tcp, &peer, &CallError::Timeout(policy.limits.timeout)),
+        match bounded_call(&policy.limits, session.close(&policy.limits)).await {
+            Ok(()) => Stats::incr(&policy.stats.sessions_closed),
+            Err(err) => {
+                call_failed(&policy.stats, version.plugin().info(), Transport::Tcp, &peer, "session destructor", &err)
+            }
         }
     }
 
-    fn write(&self, reply: Reply, close: bool, limit: &ReplyLimit, request: usize) -> Step {
-        let stats = &self.version.policy().stats;
+    /// Count a call, and say what the connection does next.
+    fn step(&self, result: Result<(Reply, bool), CallError>, limit: &ReplyLimit, request: usize) -> Step {
+        let (stats, info) = (&self.version.policy().stats, self.version.plugin().info());
         Stats::incr(&stats.requests);
-        match reply {
-            Reply::Bytes(bytes) => {
+        match result {
+            Ok((Reply::Bytes(bytes), close)) => {
                 if bytes.is_empty() {
                     Stats::incr(&stats.no_reply);
                 }
                 Step::Write { bytes, close }
             }
-            Reply::TooLarge(len) => {
-                let info = self.version.plugin().info();
+            Ok((Reply::TooLarge(len), _)) => {
                 reply_too_large(stats, info, Transport::Tcp, &self.peer, len, &limit.explain(request, len));
+                Step::Failed
+            }
+            Err(err) => {
+                call_failed(stats, info, Transport::Tcp, &self.peer, "session call", &err);
                 Step::Failed
             }
         }
     }
-
-    fn failed(&self, err: &CallError) -> Step {
-        let stats = &self.version.policy().stats;
-        Stats::incr(&stats.requests);
-        call_failed(stats, self.version.plugin().info(), Transport::Tcp, &self.peer, err);
-        Step::Failed
-    }
 }
 
-/// A bounded call's result; `None` (the timer fired) is a timeout.
-fn finish<T>(result: Option<Result<T, CallError>>, timeout: Duration) -> Result<T, CallError> {
-    result.unwrap_or(Err(CallError::Timeout(timeout)))
+/// Run one call of a session for at most `--timeout` (two epoch ticks of
+/// grace let the epoch trap, with its clearer message, win); the timer also
+/// stops a call blocked in a host function.
+async fn bounded_call<T>(
+    limits: &CallLimits,
+    call: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
+    bounded(limits.timeout + 2 * EPOCH_TICK, call).await.unwrap_or(Err(CallError::Timeout(limits.timeout)))
 }

@@ -53,13 +53,22 @@ pub struct Version {
     policy: CallPolicy,
     /// Idle instances, oldest first, with when each became idle.
     idle: Mutex<Vec<(Instance, Instant)>>,
+    /// Set when a reload replaced this version: its leases no longer go
+    /// back to the idle pool.
+    replaced: std::sync::atomic::AtomicBool,
     /// Cancelled `--reload-grace` after this version was replaced.
     retired: CancellationToken,
 }
 
 impl Version {
     fn new(plugin: Plugin, policy: CallPolicy) -> Arc<Self> {
-        Arc::new(Version { plugin, policy, idle: Mutex::default(), retired: CancellationToken::new() })
+        Arc::new(Version {
+            plugin,
+            policy,
+            idle: Mutex::default(),
+            replaced: std::sync::atomic::AtomicBool::new(false),
+            retired: CancellationToken::new(),
+        })
     }
 
     /// Completes once this version has been replaced for longer than
@@ -151,6 +160,7 @@ impl Versions {
     pub fn swap(&self, plugin: Plugin) -> Arc<Version> {
         let policy = self.current.load().policy.clone();
         let old = self.current.swap(Version::new(plugin, policy));
+        old.replaced.store(true, std::sync::atomic::Ordering::Relaxed);
         old.clear();
         old.retire_after(self.grace);
         old
@@ -184,6 +194,11 @@ impl Lease {
         Self { version, instance: Some(instance), pooled }
     }
 
+    /// The version it is of.
+    pub(super) fn version(&self) -> &Arc<Version> {
+        &self.version
+    }
+
     /// Whether this lease is of `version`.
     pub(super) fn is_of(&self, version: &Arc<Version>) -> bool {
         Arc::ptr_eq(&self.version, version)
@@ -198,7 +213,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let Some(instance) = self.instance.take() else { return };
-        if !self.pooled {
+        // A replaced version's pool is never used again: drop the instance
+        // rather than keep its room in the pool.
+        if !self.pooled || self.version.replaced.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let mut idle = self.version.idle.lock().expect("idle pool lock");

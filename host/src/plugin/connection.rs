@@ -17,7 +17,9 @@ use wasmtime::component::{Component, ComponentExportIndex, Func, ResourceAny, Ty
 use wasmtime::{AsContextMut, Store};
 
 use super::bindings::{self, CONNECTION_INTERFACE};
-use super::{CallError, CallLimits, Funcs as InstanceFuncs, HostState, Instance, MAX_LOG_MESSAGE, Plugin, Reply};
+use super::{
+    CallError, CallLimits, Funcs as InstanceFuncs, HostState, Instance, MAX_LOG_MESSAGE, Permit, Plugin, Reply,
+};
 
 /// Where the `session` resource's functions are in the component.
 #[derive(Debug, Clone, Copy)]
@@ -103,15 +105,16 @@ pub struct Session {
 }
 
 impl Plugin {
-    /// Create an instance (waiting for room in the pool) and a session in
-    /// it for the connection `peer` -> `local`.
+    /// Create an instance in the room `permit` holds, and a session in it
+    /// for the connection `peer` -> `local`.
     pub async fn open_session(
         &self,
+        permit: Permit,
         peer: &SocketAddr,
         local: &SocketAddr,
         limits: &CallLimits,
     ) -> Result<Session, CallError> {
-        let mut instance = self.instantiate(limits).await?;
+        let mut instance = self.instantiate_admitted(permit, limits).await?;
         let InstanceFuncs::Session(funcs) = instance.funcs else {
             return Err(CallError::Instantiate(anyhow::anyhow!("not a plugin of the connection world")));
         };
@@ -135,11 +138,6 @@ impl Plugin {
 }
 
 impl Session {
-    /// Calls made in this session's instance, the constructor included.
-    pub fn calls(&self) -> u64 {
-        self.instance.calls
-    }
-
     /// Whether the instance failed and is no longer called.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned || self.in_call

@@ -68,7 +68,8 @@ pub struct EngineLimits {
 /// Build the engine. Called once per server.
 pub fn new_engine(limits: EngineLimits) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::new();
-    let instances = limits.max_instances.max(1);
+    // The reserve validates new versions while connections hold the rest.
+    let instances = limits.max_instances.max(1).saturating_add(super::admission::VALIDATION_SLOTS);
     pool.total_component_instances(instances)
         // Core instances only count (their metadata is allocated per
         // instance), so allow every component its maximum. Memories and

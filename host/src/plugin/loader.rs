@@ -171,8 +171,9 @@ impl Loader {
         let plugin = Plugin { info, pre, exports, admission: self.admission.clone(), weight };
 
         // Validate: instantiate once and check the types of the exports.
+        let permit = super::Permit(self.admission.admit_validation(weight).await);
         let instance = plugin
-            .instantiate(limits)
+            .instantiate_admitted(permit, limits)
             .await
             .map_err(|e| LoadError::Instantiate { path: p(), message: e.to_string() })?;
         match instance.funcs {

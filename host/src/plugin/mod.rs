@@ -215,7 +215,18 @@ impl Plugin {
     ///
     /// Waits until the engine's pool has room for it ([`admission`]).
     pub async fn instantiate(&self, limits: &CallLimits) -> Result<Instance, CallError> {
-        let permit = self.admission.admit(self.weight).await;
+        let permit = self.admit().await;
+        self.instantiate_admitted(permit, limits).await
+    }
+
+    /// Wait for room in the pool for one instance.
+    pub async fn admit(&self) -> Permit {
+        Permit(self.admission.admit(self.weight).await)
+    }
+
+    /// Create a sandboxed instance in the room `permit` holds.
+    pub async fn instantiate_admitted(&self, permit: Permit, limits: &CallLimits) -> Result<Instance, CallError> {
+        let Permit(permit) = permit;
         let mut store = Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory));
         store.limiter(|s| &mut s.limits);
         // At every epoch tick: trap once the call's tick budget (set per
@@ -249,6 +260,9 @@ impl Plugin {
         Ok(Instance { store, funcs, calls: 0, _permit: permit })
     }
 }
+
+/// Room in the pool for one instance of a plugin ([`Plugin::admit`]).
+pub struct Permit(tokio::sync::OwnedSemaphorePermit);
 
 /// One live instance of a plugin, with its own store and limits.
 pub struct Instance {

@@ -54,6 +54,7 @@ impl FramedConn {
         loop {
             match timeout_at(self.deadline, self.stream.readable()).await {
                 Ok(r) => r?,
+                Err(_) if self.decoder.framing() == Framing::Raw => return Err(ConnError::Silent(self.idle_timeout)),
                 Err(_) => return Err(ConnError::Idle(self.idle_timeout)),
             }
             let want = match self.decoder.framing() {
@@ -145,7 +146,7 @@ impl FramedConn {
     /// Bytes arriving count as activity for the idle timeout.
     pub(super) fn input(&mut self) -> &[u8] {
         self.extend_deadline();
-        let n = self.buf.len().min(self.decoder.max());
+        let n = self.buf.len().min(self.decoder.max().max(1));
         &self.buf[..n]
     }
 

@@ -11,10 +11,11 @@ use crate::dispatch::{Outcome, Version};
 use crate::request::{Request, Transport};
 
 use super::conn::FramedConn;
-use super::{ConnError, ListenerContext};
+use super::{ConnError, ListenerContext, retired};
 
-/// Serves one connection: frames in, replies out, in order.
-pub(super) struct Handler {
+/// Serves one connection of the `handler` world: frames in, replies out,
+/// in order.
+pub(super) struct FrameLoop {
     conn: FramedConn,
     peer: SocketAddr,
     local: SocketAddr,
@@ -22,7 +23,7 @@ pub(super) struct Handler {
     shutdown: CancellationToken,
 }
 
-impl Handler {
+impl FrameLoop {
     pub(super) fn new(
         stream: TcpStream,
         peer: SocketAddr,
@@ -51,8 +52,9 @@ impl Handler {
         let raw = self.conn.framing() == Framing::Raw;
         let pinned = ctx.tcp_isolation == TcpIsolation::Connection;
         let mut kept = pinned.then(|| dispatcher.pinned_sequence());
-        let version: Option<Arc<Version>> = kept.as_ref().and_then(|s| s.pinned_version().cloned());
         loop {
+            // A pinned sequence has a version once its first request ran.
+            let version: Option<Arc<Version>> = kept.as_ref().and_then(|s| s.pinned_version().cloned());
             let eof = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Ok(()),
@@ -103,13 +105,5 @@ impl Handler {
             }
             self.conn.release_idle_buffers();
         }
-    }
-}
-
-/// Completes when `version` is retired; never if there is none.
-pub(super) async fn retired(version: Option<&Version>) {
-    match version {
-        Some(v) => v.retired().await,
-        None => std::future::pending().await,
     }
 }

@@ -104,11 +104,11 @@ pub(crate) async fn serve(listener: std::net::TcpListener, ctx: Arc<ListenerCont
             let _permit = permit;
             let ctx = ctx2;
             let result = match ctx.world {
-                World::Handler => match frames::Handler::new(stream, peer, &ctx, shutdown) {
+                World::Handler => match frames::FrameLoop::new(stream, peer, &ctx, shutdown) {
                     Ok(handler) => handler.run().await,
                     Err(e) => Err(e),
                 },
-                World::Connection => match session::Handler::new(stream, peer, &ctx, shutdown) {
+                World::Connection => match session::SessionLoop::new(stream, peer, &ctx, shutdown) {
                     Ok(handler) => handler.run().await,
                     Err(e) => Err(e),
                 },
@@ -139,6 +139,10 @@ enum ConnError {
     Frame(#[from] FrameError),
     #[error("no complete frame for {0:?} (--idle-timeout)")]
     Idle(Duration),
+    #[error("nothing received for {0:?} (--idle-timeout)")]
+    Silent(Duration),
+    #[error("no plugin instance free within {0:?} (--max-instances)")]
+    NoInstance(Duration),
     #[error("the peer did not take its replies for {0:?} (--idle-timeout)")]
     Stalled(Duration),
     #[error("a plugin call failed; closing the connection")]
@@ -152,5 +156,13 @@ impl ConnError {
     /// the network.
     fn closed_by_host(&self) -> bool {
         !matches!(self, ConnError::Io(_))
+    }
+}
+
+/// Completes when `version` is retired; never if there is none.
+async fn retired(version: Option<&crate::dispatch::Version>) {
+    match version {
+        Some(v) => v.retired().await,
+        None => std::future::pending().await,
     }
 }

@@ -8,14 +8,13 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Framing;
-use crate::dispatch::{LiveSession, Step};
+use crate::dispatch::{LiveSession, OpenError, Step};
 
 use super::conn::FramedConn;
-use super::frames::retired;
-use super::{ConnError, ListenerContext};
+use super::{ConnError, ListenerContext, retired};
 
 /// Serves one connection with one session: bytes in, bytes out.
-pub(super) struct Handler {
+pub(super) struct SessionLoop {
     conn: FramedConn,
     peer: SocketAddr,
     local: SocketAddr,
@@ -23,7 +22,7 @@ pub(super) struct Handler {
     shutdown: CancellationToken,
 }
 
-impl Handler {
+impl SessionLoop {
     pub(super) fn new(
         stream: TcpStream,
         peer: SocketAddr,
@@ -49,8 +48,10 @@ impl Handler {
             _ = self.shutdown.cancelled() => return Ok(()),
             opened = open => opened,
         };
-        let Some(mut session) = opened else {
-            return Err(ConnError::RequestFailed);
+        let mut session = match opened {
+            Ok(session) => session,
+            Err(OpenError::NoRoom) => return Err(ConnError::NoInstance(ctx.idle_timeout)),
+            Err(OpenError::Failed) => return Err(ConnError::RequestFailed),
         };
         // The idle timeout counts from when the session is ready, not from
         // the accept: waiting for an instance is the host's time.
@@ -74,6 +75,14 @@ impl Handler {
                 r = self.conn.read() => r?,
             };
             while self.conn.has_input() {
+                // Many calls in a row (a small --max-request) still stop
+                // for shutdown and retirement between two of them.
+                if self.shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                if version.is_retired() {
+                    return Err(ConnError::Retired(ctx.reload_grace));
+                }
                 let data = self.conn.input();
                 let len = data.len();
                 let step = session.data(data, &ctx.session_reply).await;
@@ -99,7 +108,7 @@ impl Handler {
         match step {
             Step::Write { bytes, close } => {
                 if !bytes.is_empty() {
-                    self.ctx.dispatcher.stats().replies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::stats::Stats::incr(&self.ctx.dispatcher.stats().replies);
                     self.conn.send(&bytes).await?;
                 }
                 if close {
