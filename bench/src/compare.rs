@@ -1,11 +1,16 @@
 //! `bench compare`: the host against the native baseline, one table.
 //!
-//! Three servers run side by side as child processes on 127.0.0.1 with the
+//! Five servers run side by side as child processes on 127.0.0.1 with the
 //! same number of worker threads: the native baseline, the host reusing
-//! instances (`--instance-reuse 1000000`) and the host as it ships (a fresh
-//! instance per request). Each load runs against the three back to back, so
-//! a disturbance on the machine touches all three alike; the whole plan
-//! runs for several rounds and the table shows the medians.
+//! instances (`--instance-reuse 1000000`), the host as it ships (a fresh
+//! instance per request), and two hosts with an instance per TCP connection:
+//! a `connection-handler` plugin framing its own lines (`line-echo.wasm`),
+//! and the echo plugin with `--tcp-isolation connection`. Each load runs
+//! against the servers back to back, so a disturbance on the machine touches
+//! all of them alike; the whole plan runs for several rounds and the table
+//! shows the medians. The two hosts with an instance per connection run the
+//! TCP rows only: over UDP the one is not served and the other is the same
+//! as the host as it ships.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -27,11 +32,15 @@ use crate::{startup, sys};
 pub struct Options {
     pub host: PathBuf,
     pub plugin: PathBuf,
+    /// The `connection-handler` plugin: a line echo that frames its lines itself.
+    pub conn_plugin: PathBuf,
     pub rounds: u32,
     pub duration: Duration,
     pub warmup: Duration,
     /// Timed starts per server for the start-up row.
     pub starts: u32,
+    /// Connections timed, one after another, for the first-reply rows.
+    pub first_replies: usize,
     /// Worker threads of every server.
     pub workers: usize,
     /// Worker threads of the load generator (this process).
@@ -42,6 +51,12 @@ pub struct Options {
 const REUSE: u64 = 1_000_000;
 /// Connections held open for the memory row.
 const IDLE_CONNS: usize = 10_000;
+/// `--max-instances` of the hosts with an instance per connection: room for
+/// the 10,000 connections of the memory row and of the 10,000-connection
+/// load, and for the instances of connections still closing when a load starts.
+const INSTANCES_PER_CONN_POOL: usize = IDLE_CONNS + 50;
+/// Untimed connections before the timed ones of a first-reply row.
+const FIRST_REPLY_WARMUP: usize = 200;
 /// Pause after each load, so that its connections are closed and the
 /// server's tasks for them are gone before the next load starts.
 const PAUSE: Duration = Duration::from_millis(300);
@@ -106,8 +121,23 @@ enum Kind {
     /// in row `peak` of the same round: a load every server should carry,
     /// so the row shows the latency each adds, not its queueing at saturation.
     HalfPeak { shape: Shape, peak: usize },
-    /// Resident memory per idle TCP connection.
+    /// Resident memory per idle TCP connection, in a server started for it.
     IdleMemory(usize),
+    /// New TCP connections one after another, each sending one 64 B line and
+    /// closed after the reply: the median time from connect to reply in this
+    /// row, the p99 in the scenario's `p99` row.
+    FirstReply,
+}
+
+impl Kind {
+    /// Whether `server` is measured in this row: every server except that
+    /// the hosts with an instance per connection skip the UDP loads.
+    fn measures(self, server: Server) -> bool {
+        match self {
+            Kind::Throughput(shape) | Kind::HalfPeak { shape, .. } => !shape.udp || !server.instance_per_connection(),
+            Kind::IdleMemory(_) | Kind::FirstReply => true,
+        }
+    }
 }
 
 struct Scenario {
@@ -115,6 +145,8 @@ struct Scenario {
     row: Row,
     /// The rates used by a `HalfPeak` row, one per round.
     rates: Vec<f64>,
+    /// A `FirstReply` row's second row: the p99 of the same connections.
+    p99: Option<Row>,
 }
 
 /// The rows, in table order. Payloads are 64 B unless a row says otherwise.
@@ -132,8 +164,10 @@ fn plan() -> Vec<Scenario> {
         kinds.push(Kind::Throughput(Shape { size, ..UDP }));
         kinds.push(Kind::Throughput(Shape { size, ..TCP }));
     }
-    // Memory first: the load rows after it leave their closed connections
-    // to the server's housekeeping, which would blur the measurement.
+    // Before the rows with 10,000 connections: a server closing 10,000
+    // connections (and dropping as many instances) takes a while, and any
+    // server's first replies would wait for it.
+    kinds.push(Kind::FirstReply);
     kinds.push(Kind::IdleMemory(IDLE_CONNS));
     for conns in [1, 100, 10_000] {
         kinds.push(Kind::Throughput(Shape::tcp(conns, 1, 64)));
@@ -149,13 +183,16 @@ fn plan() -> Vec<Scenario> {
                 Kind::Throughput(s) => Row::new(s.label(), Metric::Throughput),
                 // The rate is added to the label at the end, when it is known.
                 Kind::HalfPeak { shape, .. } => {
-                    Row::new(format!("{} p99 at ½ native peak", shape.proto()), Metric::P99)
+                    Row::new(format!("{} p99 at ½ native peak", shape.proto()), Metric::Micros)
                 }
                 Kind::IdleMemory(n) => {
                     Row::new(format!("TCP {} idle conns: RSS per conn", group_thousands(n)), Metric::KibPerConn)
                 }
+                Kind::FirstReply => Row::new("TCP new conn to first reply (64 B line), median", Metric::Micros),
             };
-            Scenario { kind, row, rates: Vec::new() }
+            let p99 = matches!(kind, Kind::FirstReply)
+                .then(|| Row::new("TCP new conn to first reply (64 B line), p99", Metric::Micros));
+            Scenario { kind, row, rates: Vec::new(), p99 }
         })
         .collect()
 }
@@ -167,11 +204,13 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         "no host binary at {} (build it with `cargo build --release -p host`, or pass --host)",
         options.host.display()
     );
-    ensure!(
-        options.plugin.is_file(),
-        "no plugin at {} (build it with scripts/build-plugins.sh, or pass --plugin)",
-        options.plugin.display()
-    );
+    for (plugin, flag) in [(&options.plugin, "--plugin"), (&options.conn_plugin, "--conn-plugin")] {
+        ensure!(
+            plugin.is_file(),
+            "no plugin at {} (build it with scripts/build-plugins.sh --rust-only, or pass {flag})",
+            plugin.display()
+        );
+    }
     let mut plan = plan();
     print_setup(options, &plan);
     // A compile cache of our own: the first host start fills it, every later
@@ -181,7 +220,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
 
     let servers = start_servers(options, cache.path()).await?;
     for round in 1..=options.rounds {
-        run_round(round, options, &servers, &mut plan).await;
+        run_round(round, options, cache.path(), &servers, &mut plan).await;
     }
     let mut logs = Vec::new();
     for process in servers {
@@ -198,6 +237,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
             let _ = write!(scenario.row.label, " ({rate:.0} req/s, ≤{} in flight per conn)", shape.inflight);
         }
         rows.push(scenario.row);
+        rows.extend(scenario.p99);
     }
     rows.push(startup);
     println!("{}", crate::report::render(&rows));
@@ -205,28 +245,35 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The three servers, in [`Server::ALL`] order, each listening on free ports.
+/// The servers, in [`Server::ALL`] order, each listening on free ports.
 async fn start_servers(options: &Options, cache: &Path) -> anyhow::Result<Vec<ServerProcess>> {
     let mut servers = Vec::new();
     for server in Server::ALL {
-        let command = command(server, options, cache, loopback(0))?;
-        servers.push(ServerProcess::start(server.name(), command).await?);
+        servers.push(start_server(server, options, cache).await?);
     }
     Ok(servers)
 }
 
-/// Every row of the plan against every server, once.
-async fn run_round(round: u32, options: &Options, servers: &[ServerProcess], plan: &mut [Scenario]) {
+async fn start_server(server: Server, options: &Options, cache: &Path) -> anyhow::Result<ServerProcess> {
+    let command = command(server, options, cache, loopback(0))?;
+    ServerProcess::start_listening(server.name(), command, server.serves_udp()).await
+}
+
+/// Every row of the plan against every server it applies to, once.
+async fn run_round(round: u32, options: &Options, cache: &Path, servers: &[ServerProcess], plan: &mut [Scenario]) {
     // The baseline's throughput in each row, for the half-peak rows after it.
     let mut native_peaks: Vec<Option<f64>> = vec![None; plan.len()];
     for i in 0..plan.len() {
         for (server, process) in Server::ALL.into_iter().zip(servers) {
+            if !plan[i].kind.measures(server) {
+                continue;
+            }
             let progress = format!("[{round}/{}] {} — {}", options.rounds, plan[i].row.label, server.name());
             let native_peak = match plan[i].kind {
                 Kind::HalfPeak { peak, .. } => native_peaks[peak],
                 _ => None,
             };
-            let cell = Cell { server, process, options, round, progress };
+            let cell = Cell { server, process, options, cache, round, progress };
             let throughput = measure(&mut plan[i], &cell, native_peak).await;
             if server == Server::Native {
                 native_peaks[i] = throughput;
@@ -241,6 +288,8 @@ struct Cell<'a> {
     server: Server,
     process: &'a ServerProcess,
     options: &'a Options,
+    /// The compile cache, for a server started for one measurement.
+    cache: &'a Path,
     round: u32,
     /// The prefix of its progress line.
     progress: String,
@@ -279,10 +328,54 @@ async fn measure(scenario: &mut Scenario, cell: &Cell<'_>, native_peak: Option<f
             None
         }
         Kind::IdleMemory(n) => {
-            match idle_memory(cell.process, n).await {
+            // A server of its own, started for this: one that has served the
+            // other loads keeps what they left resident (freed heap pages,
+            // the pool slots of the instances of 10,000 connections), and new
+            // connections reuse it without growing the RSS.
+            let measured = async {
+                let process = start_server(server, cell.options, cell.cache).await?;
+                // What it does once it has logged its addresses is not part of
+                // the growth.
+                sleep(SETTLE).await;
+                let kib = idle_memory(&process, n).await;
+                process.kill().await;
+                kib
+            };
+            match measured.await {
                 Ok(kib) => {
                     eprintln!("{}: {kib:.1} KiB per connection", cell.progress);
                     row.push(server, kib);
+                }
+                Err(e) => {
+                    eprintln!("{}: failed: {e:#}", cell.progress);
+                    row.problems(server).failed(format_args!("{e:#}"));
+                }
+            }
+            None
+        }
+        Kind::FirstReply => {
+            // The previous load's connections are closed and gone: this row
+            // times one connection at a time, and anything else the server
+            // does shows in it.
+            sleep(SETTLE).await;
+            let n = cell.options.first_replies;
+            let first = load::first_replies(cell.process.tcp(), Framing::Lines, 64, FIRST_REPLY_WARMUP, n);
+            let limit = LOAD_SLACK + Duration::from_millis(10) * n as u32;
+            let tally = timeout(limit, first).await.with_context(|| format!("the connections took over {limit:?}"));
+            match tally.and_then(|t| t) {
+                Ok(t) => {
+                    let (p50, p99) = (t.quantile_us(0.5), t.quantile_us(0.99));
+                    eprintln!(
+                        "{}: p50 {p50} µs, p99 {p99} µs over {} connections, {} errors",
+                        cell.progress, t.ok, t.errors
+                    );
+                    if t.ok > 0 {
+                        row.push(server, p50 as f64);
+                        if let Some(p99_row) = &mut scenario.p99 {
+                            p99_row.push(server, p99 as f64);
+                        }
+                    }
+                    row.problems(server).add(t.errors, 0, 0, t.first_error.as_deref());
                 }
                 Err(e) => {
                     eprintln!("{}: failed: {e:#}", cell.progress);
@@ -297,7 +390,7 @@ async fn measure(scenario: &mut Scenario, cell: &Cell<'_>, native_peak: Option<f
 /// Time each server's start to its first UDP echo.
 async fn startup_row(options: &Options, cache: &Path) -> Row {
     let mut row = Row::new("Start to first UDP echo (warm compile cache)", Metric::Millis);
-    for server in Server::ALL {
+    for server in Server::ALL.into_iter().filter(|s| s.serves_udp()) {
         let command = |udp| command(server, options, cache, udp);
         match startup::time_starts(server.name(), options.starts, command).await {
             Ok(times) => times.into_iter().for_each(|t| row.push(server, t.as_secs_f64() * 1e3)),
@@ -308,15 +401,29 @@ async fn startup_row(options: &Options, cache: &Path) -> Row {
 }
 
 fn print_setup(options: &Options, plan: &[Scenario]) {
-    let loads = plan.iter().filter(|s| !matches!(s.kind, Kind::IdleMemory(_))).count();
-    let per_load = options.warmup + options.duration + PAUSE;
-    let estimate = per_load * (loads * Server::ALL.len()) as u32 * options.rounds;
+    // Each cell: a load's warm-up, measurement and pause; a server started
+    // for 10,000 idle connections, about 5 s; connections one after another,
+    // about 0.15 ms each.
+    let first_replies = Duration::from_micros(150) * (options.first_replies + FIRST_REPLY_WARMUP) as u32;
+    let per_round: Duration = plan
+        .iter()
+        .map(|s| {
+            let cell = match s.kind {
+                Kind::Throughput(_) | Kind::HalfPeak { .. } => options.warmup + options.duration + PAUSE,
+                Kind::IdleMemory(_) => Duration::from_secs(5),
+                Kind::FirstReply => first_replies + SETTLE + PAUSE,
+            };
+            cell * Server::ALL.iter().filter(|server| s.kind.measures(**server)).count() as u32
+        })
+        .sum();
+    let estimate = per_round * options.rounds;
     println!("## host vs native echo\n");
     println!("- machine: {}", sys::machine());
     println!(
-        "- servers: `{}` serving `{}`, and `bench native`; {} worker threads each",
+        "- servers: `{}` serving `{}` (conn: `{}`), and `bench native`; {} worker threads each",
         options.host.display(),
         options.plugin.display(),
+        options.conn_plugin.display(),
         options.workers
     );
     println!(
@@ -326,7 +433,16 @@ fn print_setup(options: &Options, plan: &[Scenario]) {
         options.duration,
         options.warmup
     );
-    println!("- host, reuse: `--instance-reuse {REUSE}`; host, fresh: the default, a fresh instance per request\n");
+    println!("- host, reuse: `--instance-reuse {REUSE}`; host, fresh: the default, a fresh instance per request");
+    println!(
+        "- host, conn: the connection-handler plugin, an instance per connection framing its own lines; \
+         host, pinned: `--tcp-isolation connection`; both `--max-instances {INSTANCES_PER_CONN_POOL}`, TCP rows only"
+    );
+    println!(
+        "- idle conns: a server started for the row each round; first reply: {} connections one after another, \
+         after {FIRST_REPLY_WARMUP} untimed\n",
+        group_thousands(options.first_replies)
+    );
     eprintln!("this takes about {} s", estimate.as_secs());
 }
 
@@ -339,7 +455,8 @@ fn print_logs(logs: &[Log]) {
     }
 }
 
-/// The command that starts `server` with UDP on `udp` and TCP on a free port.
+/// The command that starts `server` with UDP on `udp` (if it serves UDP)
+/// and TCP on a free port.
 fn command(server: Server, options: &Options, cache: &Path, udp: SocketAddr) -> anyhow::Result<Command> {
     let mut c = match server {
         Server::Native => {
@@ -347,17 +464,35 @@ fn command(server: Server, options: &Options, cache: &Path, udp: SocketAddr) -> 
             c.arg("native");
             c
         }
-        Server::HostReuse | Server::HostFresh => {
+        Server::HostReuse | Server::HostFresh | Server::HostConn | Server::HostPinned => {
+            let plugin = if server == Server::HostConn { &options.conn_plugin } else { &options.plugin };
             let mut c = Command::new(&options.host);
-            c.arg("--plugin").arg(&options.plugin).arg("--cache-dir").arg(cache);
-            if server == Server::HostReuse {
-                c.args(["--instance-reuse", &REUSE.to_string()]);
+            c.arg("--plugin").arg(plugin).arg("--cache-dir").arg(cache);
+            match server {
+                Server::HostReuse => {
+                    c.args(["--instance-reuse", &REUSE.to_string()]);
+                }
+                Server::HostPinned => {
+                    c.args(["--tcp-isolation", "connection"]);
+                }
+                _ => {}
+            }
+            if server.instance_per_connection() {
+                c.args(["--max-instances", &INSTANCES_PER_CONN_POOL.to_string()]);
             }
             c
         }
     };
-    c.args(["--framing", "lines", "--workers", &options.workers.to_string()]);
-    c.args(["--udp", &udp.to_string(), "--tcp", &loopback(0).to_string()]);
+    // The connection-handler plugin frames its own lines; for the others,
+    // the framing is the server's.
+    if server != Server::HostConn {
+        c.args(["--framing", "lines"]);
+    }
+    c.args(["--workers", &options.workers.to_string()]);
+    if server.serves_udp() {
+        c.args(["--udp", &udp.to_string()]);
+    }
+    c.args(["--tcp", &loopback(0).to_string()]);
     Ok(c)
 }
 
@@ -453,6 +588,58 @@ mod tests {
         assert_eq!(Shape::tcp(1, 1, 1 << 10).label(), "TCP 1 conn × 1 in flight, 1 KiB");
         assert_eq!(group_thousands(100), "100");
         assert_eq!(group_thousands(1_000_000), "1,000,000");
+    }
+
+    #[test]
+    fn hosts_with_an_instance_per_connection_run_the_tcp_rows_only() {
+        let plan = plan();
+        let rows = |server| plan.iter().filter(|s| s.kind.measures(server)).count();
+        let tcp = plan
+            .iter()
+            .filter(|s| match s.kind {
+                Kind::Throughput(shape) | Kind::HalfPeak { shape, .. } => !shape.udp,
+                Kind::IdleMemory(_) | Kind::FirstReply => true,
+            })
+            .count();
+        assert_eq!(rows(Server::Native), plan.len());
+        assert_eq!(rows(Server::HostFresh), plan.len());
+        assert_eq!(rows(Server::HostConn), tcp);
+        assert_eq!(rows(Server::HostPinned), tcp);
+        assert!(tcp < plan.len());
+        // The rows of issue #11's goals are there.
+        let labels: Vec<&str> = plan.iter().map(|s| s.row.label.as_str()).collect();
+        assert!(labels.contains(&"TCP 64 conns × 16 in flight, 64 B"), "{labels:?}");
+        assert!(labels.contains(&"TCP 10,000 idle conns: RSS per conn"), "{labels:?}");
+        let first = plan.iter().find(|s| matches!(s.kind, Kind::FirstReply)).expect("a first-reply row");
+        assert!(first.p99.is_some());
+    }
+
+    #[test]
+    fn each_server_gets_its_plugin_and_flags() {
+        let options = Options {
+            host: "host".into(),
+            plugin: "echo.wasm".into(),
+            conn_plugin: "line-echo.wasm".into(),
+            rounds: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            starts: 1,
+            first_replies: 1,
+            workers: 2,
+            load_workers: 1,
+        };
+        let args = |server| {
+            let c = command(server, &options, Path::new("/cache"), loopback(7)).unwrap();
+            c.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        };
+        let conn = args(Server::HostConn);
+        assert!(conn.starts_with("--plugin line-echo.wasm --cache-dir /cache --max-instances 10050"), "{conn}");
+        assert!(!conn.contains("--udp") && !conn.contains("--framing"), "{conn}");
+        let pinned = args(Server::HostPinned);
+        assert!(pinned.contains("--plugin echo.wasm") && pinned.contains("--tcp-isolation connection"), "{pinned}");
+        assert!(pinned.contains("--max-instances 10050 --framing lines") && pinned.contains("--udp 127.0.0.1:7"));
+        let fresh = args(Server::HostFresh);
+        assert!(!fresh.contains("--max-instances") && !fresh.contains("--tcp-isolation"), "{fresh}");
     }
 
     #[test]

@@ -125,6 +125,10 @@ struct CompareArgs {
     /// The echo plugin the host serves.
     #[arg(long, value_name = "PATH", default_value = "target/plugins/echo.wasm")]
     plugin: PathBuf,
+    /// The connection-handler plugin of the "host, conn" server: a line echo
+    /// that frames its lines itself.
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/line-echo.wasm")]
+    conn_plugin: PathBuf,
     /// Rounds of every load against every server; the table shows medians.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
@@ -137,13 +141,16 @@ struct CompareArgs {
     /// Host starts timed for the start-up row.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     starts: u32,
+    /// Connections timed, one after another, for the first-reply rows.
+    #[arg(long, value_name = "N", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    first_replies: u32,
     /// Worker threads of each server, the baseline and the host alike [default: one per CPU].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
     /// Worker threads of the load generator.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     load_workers: u16,
-    /// A smoke test: one round of 1 s loads, 3 starts.
+    /// A smoke test: one round of 0.5 s loads, 3 starts, 1,000 first replies.
     #[arg(long)]
     quick: bool,
 }
@@ -251,18 +258,20 @@ fn load_command(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
-    let (rounds, duration, warmup, starts) = if args.quick {
-        (1, Duration::from_secs(1), Duration::from_millis(250), 3)
+    let (rounds, duration, warmup, starts, first_replies) = if args.quick {
+        (1, Duration::from_millis(500), Duration::from_millis(250), 3, 1_000)
     } else {
-        (args.rounds, args.duration, args.warmup, args.starts)
+        (args.rounds, args.duration, args.warmup, args.starts, args.first_replies)
     };
     let options = compare::Options {
         host: args.host,
         plugin: args.plugin,
+        conn_plugin: args.conn_plugin,
         rounds,
         duration,
         warmup,
         starts,
+        first_replies: first_replies as usize,
         workers: args.workers.map_or_else(host::default_workers, usize::from),
         load_workers: args.load_workers.into(),
     };

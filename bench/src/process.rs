@@ -123,12 +123,18 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Start `command` and wait until it has logged a UDP and a TCP address.
     pub async fn start(name: &str, command: Command) -> anyhow::Result<Self> {
+        Self::start_listening(name, command, true).await
+    }
+
+    /// Start `command` and wait until it has logged a TCP address, and a UDP
+    /// address too if `udp` (a server of the connection world serves TCP only).
+    pub async fn start_listening(name: &str, command: Command, udp: bool) -> anyhow::Result<Self> {
         let server = Self::spawn(name, command)?;
         let mut log = server.log.clone();
-        let ready =
-            tokio::time::timeout(START_TIMEOUT, log.wait_for(|l| l.closed || (l.udp.is_some() && l.tcp.is_some())))
-                .await
-                .map(|r| r.map(|l| l.clone()));
+        let listening = |l: &Log| (l.udp.is_some() || !udp) && l.tcp.is_some();
+        let ready = tokio::time::timeout(START_TIMEOUT, log.wait_for(|l| l.closed || listening(l)))
+            .await
+            .map(|r| r.map(|l| l.clone()));
         match ready {
             Ok(Ok(l)) if !l.closed => Ok(server),
             Ok(_) => bail!("{name} exited before listening:{}", server.log().tail_text()),
@@ -154,6 +160,7 @@ impl ServerProcess {
         Ok(Self { name: name.to_owned(), child, log })
     }
 
+    /// The UDP address; only for a server started to serve UDP.
     pub fn udp(&self) -> SocketAddr {
         self.log.borrow().udp.expect("started servers have a UDP address")
     }

@@ -14,17 +14,43 @@ pub enum Server {
     Native,
     HostReuse,
     HostFresh,
+    /// The host serving a `connection-handler` plugin: an instance per
+    /// connection, the plugin framing its own protocol. TCP only.
+    HostConn,
+    /// The host with `--tcp-isolation connection`: a `handler` plugin with
+    /// one instance per connection serving all its frames.
+    HostPinned,
 }
 
 impl Server {
-    pub const ALL: [Server; 3] = [Server::Native, Server::HostReuse, Server::HostFresh];
+    pub const ALL: [Server; 5] =
+        [Server::Native, Server::HostReuse, Server::HostFresh, Server::HostConn, Server::HostPinned];
+    /// The hosts, each compared with the baseline in a column of its own.
+    pub const HOSTS: [Server; 4] = [Server::HostReuse, Server::HostFresh, Server::HostConn, Server::HostPinned];
 
     pub fn name(self) -> &'static str {
         match self {
             Server::Native => "native",
             Server::HostReuse => "host, reuse",
             Server::HostFresh => "host, fresh",
+            Server::HostConn => "host, conn",
+            Server::HostPinned => "host, pinned",
         }
+    }
+
+    /// The name in a ratio column's heading: `reuse` of `host, reuse`.
+    fn short_name(self) -> &'static str {
+        self.name().trim_start_matches("host, ")
+    }
+
+    /// Whether it serves UDP (a `connection-handler` plugin serves TCP only).
+    pub fn serves_udp(self) -> bool {
+        self != Server::HostConn
+    }
+
+    /// Whether it holds a plugin instance for each open TCP connection.
+    pub fn instance_per_connection(self) -> bool {
+        matches!(self, Server::HostConn | Server::HostPinned)
     }
 
     fn index(self) -> usize {
@@ -37,8 +63,8 @@ impl Server {
 pub enum Metric {
     /// Requests per second; compared as a ratio (higher is better).
     Throughput,
-    /// 99th percentile latency in µs; compared as a difference.
-    P99,
+    /// A latency in µs (a percentile, or a median); compared as a difference.
+    Micros,
     /// Resident memory per connection in KiB; compared as a ratio.
     KibPerConn,
     /// Milliseconds; compared as a ratio.
@@ -99,8 +125,8 @@ impl fmt::Display for Problems {
 pub struct Row {
     pub label: String,
     pub metric: Metric,
-    samples: [Vec<f64>; 3],
-    problems: [Problems; 3],
+    samples: [Vec<f64>; Server::ALL.len()],
+    problems: [Problems; Server::ALL.len()],
 }
 
 impl Row {
@@ -126,7 +152,7 @@ impl Row {
         };
         match self.metric {
             Metric::Throughput => format!("{} req/s", si(v)),
-            Metric::P99 => format!("{v:.0} µs"),
+            Metric::Micros => format!("{v:.0} µs"),
             Metric::KibPerConn => format!("{v:.1} KiB"),
             Metric::Millis => format!("{v:.0} ms"),
         }
@@ -138,29 +164,27 @@ impl Row {
             return "—".to_owned();
         };
         match self.metric {
-            Metric::P99 => format!("{:+.0} µs", h - n),
+            Metric::Micros => format!("{:+.0} µs", h - n),
             _ if n == 0.0 => "—".to_owned(),
             _ => format!("{:.2}×", h / n),
         }
     }
 }
 
-/// The markdown table of `rows`, then a list of every error seen.
+/// The markdown table of `rows`, then a list of every error seen. A cell
+/// a server was not measured in (a UDP load of a TCP-only host) shows `—`.
 pub fn render(rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "| Load | native | host, reuse | host, fresh | reuse / native | fresh / native |");
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
+    let mut heading = vec!["Load".to_owned()];
+    heading.extend(Server::ALL.map(|s| s.name().to_owned()));
+    heading.extend(Server::HOSTS.map(|s| format!("{} / native", s.short_name())));
+    let _ = writeln!(out, "| {} |", heading.join(" | "));
+    let _ = writeln!(out, "|---|{}", "--:|".repeat(heading.len() - 1));
     for row in rows {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} |",
-            row.label,
-            row.cell(Server::Native),
-            row.cell(Server::HostReuse),
-            row.cell(Server::HostFresh),
-            row.versus_native(Server::HostReuse),
-            row.versus_native(Server::HostFresh),
-        );
+        let mut cells = vec![row.label.clone()];
+        cells.extend(Server::ALL.map(|s| row.cell(s)));
+        cells.extend(Server::HOSTS.map(|s| row.versus_native(s)));
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     let problems: Vec<String> = rows
         .iter()
@@ -203,12 +227,16 @@ mod tests {
             tput.push(s, v);
         }
         tput.push(Server::HostReuse, 100_000.0);
-        let mut p99 = Row::new("p99", Metric::P99);
+        let mut p99 = Row::new("p99", Metric::Micros);
         p99.push(Server::Native, 50.0);
         p99.push(Server::HostReuse, 80.0);
+        p99.push(Server::HostConn, 62.0);
         let table = render(&[tput, p99]);
-        assert!(table.contains("| UDP | 200k req/s | 100k req/s | — | 0.50× | — |"), "{table}");
-        assert!(table.contains("| p99 | 50 µs | 80 µs | — | +30 µs | — |"), "{table}");
+        let heading = "| Load | native | host, reuse | host, fresh | host, conn | host, pinned \
+                       | reuse / native | fresh / native | conn / native | pinned / native |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+        assert!(table.starts_with(heading), "{table}");
+        assert!(table.contains("| UDP | 200k req/s | 100k req/s | — | — | — | 0.50× | — | — | — |"), "{table}");
+        assert!(table.contains("| p99 | 50 µs | 80 µs | — | 62 µs | — | +30 µs | — | +12 µs | — |"), "{table}");
         assert!(table.contains("no errors"));
     }
 

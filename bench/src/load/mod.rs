@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::stats::Tally;
 use payload::{HEADER_LEN, Payloads};
 
-pub use tcp::connect_all;
+pub use tcp::{connect_all, first_replies};
 
 /// A UDP request with no reply for this long counts as lost, and its slot
 /// is used for a new request.

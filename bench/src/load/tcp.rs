@@ -33,6 +33,8 @@ const CONNECT_CONCURRENCY: usize = 256;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Free buffer space ensured before each read.
 const READ_CHUNK: usize = 64 << 10;
+/// Failed connections after which [`first_replies`] gives up.
+const FIRST_REPLY_MAX_ERRORS: u64 = 10;
 
 /// Open `n` connections to `addr`, at most [`CONNECT_CONCURRENCY`] at a
 /// time, and make one echo round trip on each; return them in no
@@ -68,7 +70,7 @@ pub async fn connect_all(addr: SocketAddr, framing: Framing, n: usize) -> anyhow
                 .with_context(|| format!("cannot connect to {addr}"))?;
             // Requests are small and latency-bound: do not let Nagle hold them.
             stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
-            timeout(STEP_TIMEOUT, round_trip(&mut stream, framing))
+            timeout(STEP_TIMEOUT, round_trip(&mut stream, framing, &Payloads::new(super::HEADER_LEN), 0))
                 .await
                 .with_context(|| format!("no echo from {addr} within {STEP_TIMEOUT:?} of connecting"))??;
             anyhow::Ok(stream)
@@ -80,19 +82,55 @@ pub async fn connect_all(addr: SocketAddr, framing: Framing, n: usize) -> anyhow
     Ok(streams)
 }
 
-/// Send one request on `stream` and check its reply.
-async fn round_trip(stream: &mut TcpStream, framing: Framing) -> anyhow::Result<()> {
-    let payloads = Payloads::new(super::HEADER_LEN);
-    let mut payload = Vec::new();
-    payloads.write(0, &mut payload);
-    let mut out = Vec::new();
+/// Open `warmup + n` connections to `addr`, one after another; on each,
+/// send one request of `size` bytes, read its reply and close. The tally
+/// has the time from the start of each of the last `n` connects to the
+/// reply. A connection that fails is an error of the tally; after
+/// [`FIRST_REPLY_MAX_ERRORS`] of them the rest are not tried.
+pub async fn first_replies(
+    addr: SocketAddr,
+    framing: Framing,
+    size: usize,
+    warmup: usize,
+    n: usize,
+) -> anyhow::Result<Tally> {
+    anyhow::ensure!(addr.ip().is_loopback(), "{addr} is not a loopback address");
+    let payloads = Payloads::new(size);
+    let mut tally = Tally::new();
+    for seq in 0..(warmup + n) as u64 {
+        let start = Instant::now();
+        let once = async {
+            let mut stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+            stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
+            round_trip(&mut stream, framing, &payloads, seq).await
+            // Dropping the stream closes it: the server sees the end of
+            // the stream as the next connection starts.
+        };
+        match timeout(STEP_TIMEOUT, once).await {
+            Ok(Ok(())) if seq >= warmup as u64 => tally.record(start.elapsed()),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tally.error(format_args!("connection {seq}: {e:#}")),
+            Err(_) => tally.error(format_args!("connection {seq}: no reply within {STEP_TIMEOUT:?}")),
+        }
+        if tally.errors >= FIRST_REPLY_MAX_ERRORS {
+            break;
+        }
+    }
+    Ok(tally)
+}
+
+/// Send request `seq` of `payloads` on `stream` and check its reply.
+async fn round_trip(stream: &mut TcpStream, framing: Framing, payloads: &Payloads, seq: u64) -> anyhow::Result<()> {
+    let mut payload = Vec::with_capacity(payloads.size());
+    payloads.write(seq, &mut payload);
+    let mut out = Vec::with_capacity(payloads.size() + 4);
     framing::encode(framing, &payload, &mut out)?;
     stream.write_all(&out).await.context("cannot send a request")?;
     let mut decoder = ReplyDecoder::new(framing, payloads.size());
-    let mut buf = BytesMut::new();
+    let mut buf = BytesMut::with_capacity(payloads.size() + 4);
     loop {
         if let Some(reply) = decoder.decode(&mut buf)? {
-            anyhow::ensure!(payloads.is_reply_to(0, &reply), "the reply differs from the request");
+            anyhow::ensure!(payloads.is_reply_to(seq, &reply), "the reply differs from the request");
             return Ok(());
         }
         if stream.read_buf(&mut buf).await.context("cannot read a reply")? == 0 {
