@@ -37,6 +37,7 @@ fn bench(c: &mut Criterion) {
         peer: "127.0.0.1:40000".parse().unwrap(),
         local: "127.0.0.1:7000".parse().unwrap(),
         payload: bytes::Bytes::from(vec![b'x'; 64]),
+        names: None,
     };
 
     for name in ["echo", "upper"] {

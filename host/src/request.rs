@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -29,8 +30,9 @@ impl fmt::Display for Transport {
 ///
 /// It owns its payload (a reference-counted [`Bytes`], so cloning it copies
 /// nothing), which lets a request that has to wait move off the loop that
-/// received it. The addresses are formatted for the plugin only when it is
-/// called, into a stack buffer.
+/// received it. The addresses are formatted for the plugin when it is
+/// called, into a stack buffer, unless the request carries them formatted
+/// already ([`AddrNames`]: once for all the frames of a TCP connection).
 #[derive(Clone, Debug)]
 pub struct Request {
     /// How it arrived.
@@ -42,4 +44,24 @@ pub struct Request {
     pub local: SocketAddr,
     /// The payload, without framing.
     pub payload: Bytes,
+    /// `peer` and `local` formatted once for every request of a
+    /// connection; `None`: formatted at the call.
+    pub names: Option<Arc<AddrNames>>,
+}
+
+/// The two addresses of a connection as the plugin sees them, e.g.
+/// `127.0.0.1:4000` and `[::1]:7000`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AddrNames {
+    /// The remote address.
+    pub peer: String,
+    /// The local address.
+    pub local: String,
+}
+
+impl AddrNames {
+    /// Format `peer` and `local`.
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Arc<Self> {
+        Arc::new(Self { peer: peer.to_string(), local: local.to_string() })
+    }
 }

@@ -211,7 +211,7 @@ impl Socket {
             None => (self.addr, None),
         };
         let payload = Bytes::copy_from_slice(&slot.buf[..slot.len]);
-        Some((Request { transport: Transport::Udp, peer, local, payload }, source))
+        Some((Request { transport: Transport::Udp, peer, local, payload, names: None }, source))
     }
 
     /// Finish a request that has to wait on a task of its own, which sends

@@ -67,9 +67,12 @@ pub struct RequestText {
 }
 
 impl RequestText {
-    /// Format `req`'s addresses.
+    /// Format `req`'s addresses, unless it carries them formatted.
     pub fn new(req: &Request) -> Self {
-        Self { peer: AddrText::new(&req.peer), local: AddrText::new(&req.local) }
+        match req.names {
+            Some(_) => Self { peer: AddrText::empty(), local: AddrText::empty() },
+            None => Self { peer: AddrText::new(&req.peer), local: AddrText::new(&req.local) },
+        }
     }
 
     /// The WIT record for `req`, whose addresses this formatted.
@@ -78,7 +81,11 @@ impl RequestText {
             Transport::Udp => WitTransport::Udp,
             Transport::Tcp => WitTransport::Tcp,
         };
-        RequestView { transport, peer: self.peer.as_str(), local: self.local.as_str(), payload: &req.payload }
+        let (peer, local) = match &req.names {
+            Some(names) => (names.peer.as_str(), names.local.as_str()),
+            None => (self.peer.as_str(), self.local.as_str()),
+        };
+        RequestView { transport, peer, local, payload: &req.payload }
     }
 }
 
@@ -91,6 +98,10 @@ struct AddrText {
 }
 
 impl AddrText {
+    fn empty() -> Self {
+        AddrText { buf: [0; 64], len: 0 }
+    }
+
     fn new(addr: &std::net::SocketAddr) -> Self {
         use std::fmt::Write as _;
         let mut text = AddrText { buf: [0; 64], len: 0 };
