@@ -10,8 +10,8 @@
 //! task of its own if it has to wait.
 //!
 //! The connection world is dispatched per connection instead ([`session`]):
-//! a connection gets the current version and an instance of its own when it
-//! is accepted, and keeps both until it closes.
+//! a connection gets an instance of its own, of the version current once
+//! there is room for it, and keeps both until it closes.
 
 pub mod limits;
 pub mod session;
@@ -105,16 +105,16 @@ impl Dispatcher {
     }
 
     /// Start `req` on `pinned`, or else the current version, on `held` if it
-    /// is an instance of that version.
+    /// is an instance of that version; `keep`: the instance serves one
+    /// connection to its end (a pinned sequence).
     fn call(
         &self,
         req: Request,
         limit: ReplyLimit,
         held: Option<Lease>,
-        pin: bool,
+        keep: bool,
         pinned: Option<Arc<Version>>,
     ) -> Call {
-        let keep = pin;
         let version = pinned.unwrap_or_else(|| self.versions.current());
         Box::pin(async move {
             let policy = version.policy();
