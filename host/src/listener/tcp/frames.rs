@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Framing, TcpIsolation};
@@ -28,16 +27,13 @@ pub(super) struct FrameLoop {
 
 impl FrameLoop {
     pub(super) fn new(
-        stream: TcpStream,
+        conn: FramedConn,
         peer: SocketAddr,
+        local: SocketAddr,
         ctx: &Arc<ListenerContext>,
         shutdown: CancellationToken,
-    ) -> Result<Self, ConnError> {
-        // The address the peer connected to: on a wildcard listener, one of
-        // the host's real addresses.
-        let local = stream.local_addr()?;
-        let conn = FramedConn::new(stream, ctx.framing, ctx.max_request, ctx.idle_timeout)?;
-        Ok(Self { conn, peer, local, names: AddrNames::new(peer, local), ctx: ctx.clone(), shutdown })
+    ) -> Self {
+        Self { conn, peer, local, names: AddrNames::new(peer, local), ctx: ctx.clone(), shutdown }
     }
 
     /// Serve until the peer closes, a request fails, or shutdown (which

@@ -103,16 +103,7 @@ pub(crate) async fn serve(listener: std::net::TcpListener, ctx: Arc<ListenerCont
         ctx.tracker.spawn(async move {
             let _permit = permit;
             let ctx = ctx2;
-            let result = match ctx.world {
-                World::Handler => match frames::FrameLoop::new(stream, peer, &ctx, shutdown) {
-                    Ok(handler) => handler.run().await,
-                    Err(e) => Err(e),
-                },
-                World::Connection => match session::SessionLoop::new(stream, peer, &ctx, shutdown) {
-                    Ok(handler) => handler.run().await,
-                    Err(e) => Err(e),
-                },
-            };
+            let result = serve_connection(stream, peer, &ctx, shutdown).await;
             let stats = ctx.dispatcher.stats();
             Stats::incr(&stats.connections_closed);
             match result {
@@ -156,6 +147,31 @@ impl ConnError {
     /// the network.
     fn closed_by_host(&self) -> bool {
         !matches!(self, ConnError::Io(_))
+    }
+}
+
+/// Serve one accepted connection with the loop of the plugin's world.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: &Arc<ListenerContext>,
+    shutdown: CancellationToken,
+) -> Result<(), ConnError> {
+    // The address the peer connected to: on a wildcard listener, one of
+    // the host's real addresses.
+    let local = stream.local_addr()?;
+    let (max, idle) = (ctx.max_request, ctx.idle_timeout);
+    match ctx.world {
+        World::Handler => {
+            let conn = conn::FramedConn::new(stream, ctx.framing, max, idle)?;
+            frames::FrameLoop::new(conn, peer, local, ctx, shutdown).run().await
+        }
+        World::Connection => {
+            // No framing: the plugin sees the stream as it comes, at most
+            // `--max-request` bytes per call.
+            let conn = conn::FramedConn::new(stream, crate::config::Framing::Raw, max, idle)?;
+            session::SessionLoop::new(conn, peer, local, ctx, shutdown).run().await
+        }
     }
 }
 

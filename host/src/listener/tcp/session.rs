@@ -4,10 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Framing;
 use crate::dispatch::{LiveSession, OpenError, Step};
 
 use super::conn::FramedConn;
@@ -24,16 +22,13 @@ pub(super) struct SessionLoop {
 
 impl SessionLoop {
     pub(super) fn new(
-        stream: TcpStream,
+        conn: FramedConn,
         peer: SocketAddr,
+        local: SocketAddr,
         ctx: &Arc<ListenerContext>,
         shutdown: CancellationToken,
-    ) -> Result<Self, ConnError> {
-        let local = stream.local_addr()?;
-        // No framing: the plugin sees the stream as it comes, at most
-        // `--max-request` bytes per call.
-        let conn = FramedConn::new(stream, Framing::Raw, ctx.max_request, ctx.idle_timeout)?;
-        Ok(Self { conn, peer, local, ctx: ctx.clone(), shutdown })
+    ) -> Self {
+        Self { conn, peer, local, ctx: ctx.clone(), shutdown }
     }
 
     /// Open the session, serve the connection, and drop the session (its
