@@ -114,9 +114,13 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Snapshot> {
         let Server { config, bound, dispatcher, reloader, stats, .. } = self;
         let token = CancellationToken::new();
+        // Installed here, before `ready` is logged: a SIGUSR1 that arrives
+        // before the handler exists would kill the process.
+        let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .map_err(|e| anyhow::anyhow!("cannot install a SIGUSR1 handler: {e}"))?;
         let reload_task = reloader.start(!config.no_watch, token.clone())?;
         let reload_task = tokio::spawn(reload_task);
-        let stats_task = tokio::spawn(dump_stats_on_sigusr1(stats.clone(), token.clone()));
+        let stats_task = tokio::spawn(dump_stats_on_sigusr1(usr1, stats.clone(), token.clone()));
         let expiry_task = tokio::spawn(expire_idle_instances(dispatcher.clone(), config.instance_reuse, token.clone()));
         let tracker = TaskTracker::new();
         let ctx = Arc::new(ListenerContext::new(&config, dispatcher.clone(), tracker.clone()));
@@ -209,11 +213,7 @@ fn tcp_connections_per_pool(config: &Config, plugin: &plugin::Plugin) -> Option<
 
 /// Log the counters on every SIGUSR1 (`kill -USR1 PID`), as one
 /// `stats name=value ...` line.
-async fn dump_stats_on_sigusr1(stats: Arc<Stats>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return;
-    };
+async fn dump_stats_on_sigusr1(mut usr1: tokio::signal::unix::Signal, stats: Arc<Stats>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -45,7 +45,12 @@ fn main() -> ExitCode {
         .build();
     let result = match runtime {
         Ok(rt) => {
-            let result = rt.block_on(host::run(config, shutdown_signal()));
+            let result = rt.block_on(async {
+                // The handlers exist before the host says it is ready, so a
+                // SIGTERM sent right after `ready` drains instead of killing.
+                let shutdown = shutdown_signal()?;
+                host::run(config, shutdown).await
+            });
             // Requests past the drain timeout, or a reload still compiling,
             // are abandoned rather than waited for.
             rt.shutdown_background();
@@ -85,12 +90,17 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now; the future completes on
+/// the first of them.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use anyhow::Context;
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("cannot install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
