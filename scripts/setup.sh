@@ -2,7 +2,9 @@
 # Install what building and testing need, if it is missing. Safe to re-run.
 #
 #   - Debian packages: real clients the tests and benchmarks talk to the host
-#     with (socat, netcat-openbsd, dig), and pkg-config for -sys crates.
+#     with (socat, netcat-openbsd, dig), and redis-server (the tests start
+#     their own on a free port, for the Redis key-value backend) with
+#     redis-tools.
 #   - The Rust target wasm32-wasip2 (plugins) and rustfmt/clippy.
 #
 # Python (componentize-py, zig) and npm (componentize-js) tools are installed
@@ -10,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(socat netcat-openbsd bind9-dnsutils)
+packages=(socat netcat-openbsd bind9-dnsutils redis-server redis-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

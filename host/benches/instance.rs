@@ -4,6 +4,9 @@
 //! - `fresh`: a new store + instance, one call of `handle`, drop: what every
 //!   request costs in the default mode.
 //! - `reused`: one call on an instance kept across calls (`--instance-reuse`).
+//! - `kv-probe/get x1000`: one call that makes 1,000 `wasi:keyvalue` `get`s
+//!   of a 100-byte value from the embedded store: divide by 1,000 for the
+//!   cost of one host call (README, "State and configuration").
 //!
 //! Run: `cargo bench -p host --bench instance` (plugins built first with
 //! `scripts/build-plugins.sh`).
@@ -31,7 +34,11 @@ fn bench(c: &mut Criterion) {
     let engine_limits = EngineLimits { max_memory: limits.max_memory, max_instances: 100, fuel: false };
     let engine = new_engine(engine_limits).unwrap();
     let _ticker = EpochTicker::start(&engine).unwrap();
-    let loader = Loader::new(engine, Admission::new(&engine_limits), None, Arc::new(host::Stats::default())).unwrap();
+    let stats = Arc::new(host::Stats::default());
+    let data = tempfile::tempdir().unwrap();
+    let store = rt.block_on(host::kv::Store::open(&host::kv::Backend::Embedded(data.path().into()))).unwrap();
+    let services = Arc::new(host::plugin::services::Services::new(Arc::new(store), "bench", stats.clone()));
+    let loader = Loader::new(engine, Admission::new(&engine_limits), None, stats, services).unwrap();
     let req = Request {
         transport: Transport::Udp,
         peer: "127.0.0.1:40000".parse().unwrap(),
@@ -55,6 +62,19 @@ fn bench(c: &mut Criterion) {
             b.iter(|| rt.block_on(instance.call(&req, &limits, 1 << 20)).unwrap().unwrap())
         });
     }
+
+    let plugin = rt.block_on(loader.load(&plugin_path("kv-probe"), &limits)).unwrap();
+    let mut instance = rt.block_on(plugin.instantiate(&limits)).unwrap();
+    let command = |text: &str| Request { payload: bytes::Bytes::copy_from_slice(text.as_bytes()), ..req.clone() };
+    let reply = rt.block_on(instance.call(&command("setsize loop 100"), &limits, 1 << 20)).unwrap().unwrap();
+    assert_eq!(reply, host::plugin::Reply::Bytes(b"ok".to_vec()));
+    let gets = command("loop 1000");
+    c.bench_function("kv-probe/get x1000: one call, 1000 gets of 100 bytes", |b| {
+        b.iter(|| {
+            let reply = rt.block_on(instance.call(&gets, &limits, 1 << 20)).unwrap().unwrap();
+            assert_eq!(reply, host::plugin::Reply::Bytes(b"ok".to_vec()));
+        })
+    });
 }
 
 criterion_group! {

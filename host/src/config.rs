@@ -171,6 +171,52 @@ pub struct Config {
     #[arg(long)]
     pub no_watch: bool,
 
+    /// The service's name: its key-value namespace, so two services never
+    /// see each other's keys, and hosts serving one service on one Redis
+    /// share them [default: the plugin file's stem, e.g. `counter` for
+    /// counter.wasm].
+    #[arg(long, value_name = "NAME", value_parser = parse_name, help_heading = "State and configuration")]
+    pub name: Option<String>,
+
+    /// Where the embedded key-value store keeps its data (`kv.sqlite3`)
+    /// [default: $XDG_DATA_HOME/wasm-sockets-host, else
+    /// ~/.local/share/wasm-sockets-host].
+    #[arg(long, value_name = "DIR", help_heading = "State and configuration")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Keep the key-value buckets on this Redis server instead of the
+    /// embedded store, e.g. redis://127.0.0.1:6379/0, so that several
+    /// hosts share them.
+    #[arg(long, value_name = "URL", value_parser = parse_kv_url, help_heading = "State and configuration")]
+    pub kv: Option<String>,
+
+    /// A bucket plugins may open (repeat for more); any other is
+    /// `access-denied` [default: default].
+    #[arg(long = "kv-bucket", value_name = "NAME", value_parser = parse_name, help_heading = "State and configuration")]
+    pub kv_buckets: Vec<String>,
+
+    /// Longest key-value key.
+    #[arg(long, value_name = "BYTES", default_value = "256", value_parser = parse_nonzero_bytes, help_heading = "State and configuration")]
+    pub kv_max_key: usize,
+
+    /// Largest key-value value.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "State and configuration")]
+    pub kv_max_value: usize,
+
+    /// Most bytes (keys and values) one bucket may hold.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes, help_heading = "State and configuration")]
+    pub kv_max_bucket_bytes: usize,
+
+    /// Key-value operations one plugin call may make (a batch counts one
+    /// per key).
+    #[arg(long, value_name = "N", default_value_t = crate::kv::DEFAULT_MAX_OPS, help_heading = "State and configuration")]
+    pub kv_max_ops: u32,
+
+    /// A `wasi:config` variable for the plugin (repeat for more; the last
+    /// value of a name wins).
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var, help_heading = "State and configuration")]
+    pub vars: Vec<(String, String)>,
+
     /// Worker threads [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -198,6 +244,31 @@ impl Config {
         out
     }
 
+    /// Where the key-value buckets live: `--kv`, else the embedded store in
+    /// the data directory. `None` if neither `--data-dir` nor a home
+    /// directory gives one.
+    pub fn kv_backend(&self) -> Option<crate::kv::Backend> {
+        use crate::kv::Backend;
+        match &self.kv {
+            Some(url) => Some(Backend::Redis(url.clone())),
+            None => self.data_dir.clone().or_else(crate::kv::default_data_dir).map(Backend::Embedded),
+        }
+    }
+
+    /// The buckets plugins may open.
+    pub fn kv_buckets(&self) -> Vec<String> {
+        if self.kv_buckets.is_empty() { vec![crate::kv::DEFAULT_BUCKET.to_string()] } else { self.kv_buckets.clone() }
+    }
+
+    /// The `wasi:config` variables, sorted by name, the last of each name.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        let mut map = std::collections::BTreeMap::new();
+        for (k, v) in &self.vars {
+            map.insert(k.clone(), v.clone());
+        }
+        map.into_iter().collect()
+    }
+
     /// The compile cache directory, or `None` when caching is off.
     pub fn cache_dir(&self) -> Option<PathBuf> {
         if self.no_cache {
@@ -214,6 +285,25 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("wasm-sockets-host"))
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    crate::kv::check_name("name", s).map(|()| s.to_string())
+}
+
+fn parse_kv_url(s: &str) -> Result<String, String> {
+    let scheme = s.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("redis" | "redis+unix" | "unix") => Ok(s.to_string()),
+        _ => Err("not a Redis URL: use redis://HOST[:PORT][/DB] (leave --kv out for the embedded store)".into()),
+    }
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err("expected KEY=VALUE, e.g. --var greeting=hello".into()),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -272,5 +362,21 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(2));
         assert!(Config::try_parse_from(["host", "--plugin", "p", "--timeout", "soon"]).is_err());
         assert!(Config::try_parse_from(["host", "--plugin", "p", "--max-request", "0"]).is_err());
+    }
+
+    #[test]
+    fn state_flags_parse_and_default() {
+        let c = parse(&[]);
+        assert_eq!(c.kv_buckets(), ["default"]);
+        assert_eq!((c.kv_max_key, c.kv_max_value, c.kv_max_ops), (256, 1 << 20, 1000));
+        let c = parse(&["--var", "a=1", "--var", "b=x=y", "--var", "a=2", "--var", "empty="]);
+        assert_eq!(c.vars(), [("a".into(), "2".into()), ("b".into(), "x=y".into()), ("empty".into(), String::new())]);
+        let c = parse(&["--kv", "redis://127.0.0.1:6379/0", "--kv-bucket", "one", "--kv-bucket", "two"]);
+        assert_eq!(c.kv_backend(), Some(crate::kv::Backend::Redis("redis://127.0.0.1:6379/0".into())));
+        assert_eq!(c.kv_buckets(), ["one", "two"]);
+        for bad in [["--var", "=v"], ["--var", "novalue"], ["--kv", "http://x"], ["--kv-bucket", "a/b"], ["--name", ""]]
+        {
+            assert!(Config::try_parse_from(["host", "--plugin", "p"].iter().chain(&bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -24,6 +24,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod framing;
+pub mod kv;
 mod listener;
 pub mod logline;
 pub mod plugin;
@@ -83,7 +84,9 @@ impl Server {
         };
         let engine = new_engine(limits)?;
         let ticker = EpochTicker::start(&engine)?;
-        let loader = Arc::new(Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone())?);
+        let services = Arc::new(open_services(&config, stats.clone()).await?);
+        let loader =
+            Arc::new(Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), services)?);
         let plugin = loader.load(&config.plugin, &dispatch::call_limits(&config)).await?;
         let bound = fit_to_world(bound, &config, &plugin)?;
         let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
@@ -240,6 +243,43 @@ async fn expire_idle_instances(dispatcher: Arc<Dispatcher>, reuse: u64, shutdown
 /// Load, bind and serve until `shutdown`; the whole server in one call.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Snapshot> {
     Server::bind(config).await?.serve(shutdown).await
+}
+
+/// The host services for the plugin: its namespace, buckets, limits and
+/// variables, on the store `--kv` (or the data directory) names.
+async fn open_services(config: &Config, stats: Arc<Stats>) -> anyhow::Result<plugin::services::Services> {
+    let stem = config.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let namespace = match &config.name {
+        Some(name) => name.clone(),
+        None => {
+            kv::check_name("the plugin file's stem", &stem)
+                .map_err(|e| anyhow::anyhow!("{e}; give the service a name with --name"))?;
+            stem
+        }
+    };
+    let backend = config
+        .kv_backend()
+        .ok_or_else(|| anyhow::anyhow!("no data directory for the key-value store: set --data-dir (or HOME)"))?;
+    let store = Arc::new(kv::Store::open(&backend).await?);
+    let buckets = config.kv_buckets();
+    tracing::info!(
+        "key-value store: {}; service {namespace} may open bucket(s) {}",
+        store.describe(),
+        buckets.join(", ")
+    );
+    Ok(plugin::services::Services {
+        store,
+        namespace: namespace.into(),
+        buckets: buckets.into_iter().map(Into::into).collect(),
+        limits: plugin::services::KvLimits {
+            max_key: config.kv_max_key,
+            max_value: config.kv_max_value,
+            max_bucket_bytes: config.kv_max_bucket_bytes as u64,
+            max_ops: config.kv_max_ops,
+        },
+        vars: config.vars(),
+        stats,
+    })
 }
 
 /// One worker per available CPU.

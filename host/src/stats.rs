@@ -87,6 +87,12 @@ counters! {
     cache_hits,
     /// Plugin loads that compiled (and then cached) the component.
     cache_misses,
+    /// Key-value operations plugins made (`wasi:keyvalue`; a batch call is
+    /// one operation).
+    kv_ops,
+    /// Key-value operations that returned an error to the plugin: a bucket
+    /// not granted, a limit, the store unavailable.
+    kv_errors,
 }
 
 impl Stats {

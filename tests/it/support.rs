@@ -72,6 +72,8 @@ pub struct Host {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub logs: Logs,
+    /// The host's own data directory, removed when it is dropped.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Host {
@@ -110,6 +112,15 @@ impl Host {
         if !strs.iter().any(|a| a == "--cache-dir" || a == "--no-cache") {
             cmd.arg("--cache-dir").arg(test_cache_dir());
         }
+        // Each host gets a key-value store of its own unless the test
+        // names one: tests never share data, and never touch ~/.local.
+        let data_dir = if strs.iter().any(|a| a == "--data-dir" || a == "--kv") {
+            None
+        } else {
+            let dir = tempfile::Builder::new().prefix("host-data-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            cmd.arg("--data-dir").arg(dir.path());
+            Some(dir)
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -128,7 +139,7 @@ impl Host {
             }
             sink.push("<stderr closed>".into());
         });
-        Host { child, udp: Vec::new(), tcp: Vec::new(), logs }
+        Host { child, udp: Vec::new(), tcp: Vec::new(), logs, _data_dir: data_dir }
     }
 
     /// Wait until the host logs `ready` (after every listener), and take

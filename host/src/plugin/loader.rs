@@ -92,22 +92,26 @@ pub struct Loader {
     admission: Arc<Admission>,
     cache: Option<CompileCache>,
     stats: Arc<Stats>,
+    services: Arc<super::services::Services>,
 }
 
 impl Loader {
-    /// A loader whose linker offers WASI (no ambient authority) and `log`;
-    /// its plugins' instances take their room in the pool from `admission`.
+    /// A loader whose linker offers WASI (no ambient authority), `log`
+    /// and the host services (`services`); its plugins' instances take
+    /// their room in the pool from `admission`.
     pub fn new(
         engine: Engine,
         admission: Arc<Admission>,
         cache_dir: Option<PathBuf>,
         stats: Arc<Stats>,
+        services: Arc<super::services::Services>,
     ) -> anyhow::Result<Self> {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         super::add_log_to_linker(&mut linker)?;
+        super::services::add_to_linker(&mut linker, |s: &mut HostState| &mut s.services)?;
         let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
-        Ok(Self { engine, linker, admission, cache, stats })
+        Ok(Self { engine, linker, admission, cache, stats, services })
     }
 
     /// The engine plugins are compiled for.
@@ -168,7 +172,8 @@ impl Loader {
             }
         };
         let weight = self.admission.weight(&component).map_err(|message| LoadError::TooBig { path: p(), message })?;
-        let plugin = Plugin { info, pre, exports, admission: self.admission.clone(), weight };
+        let plugin =
+            Plugin { info, pre, exports, admission: self.admission.clone(), weight, services: self.services.clone() };
 
         // Validate: instantiate once and check the types of the exports.
         let permit = super::Permit(self.admission.admit_validation(weight).await);

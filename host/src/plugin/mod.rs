@@ -15,6 +15,7 @@ pub mod connection;
 pub mod engine;
 pub mod loader;
 mod output;
+pub mod services;
 mod state;
 
 use std::path::PathBuf;
@@ -135,6 +136,7 @@ pub struct Plugin {
     exports: Exports,
     admission: Arc<admission::Admission>,
     weight: admission::Weight,
+    services: Arc<services::Services>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -230,7 +232,8 @@ impl Plugin {
     /// Create a sandboxed instance in the room `permit` holds.
     pub async fn instantiate_admitted(&self, permit: Permit, limits: &CallLimits) -> Result<Instance, CallError> {
         let Permit(permit) = permit;
-        let mut store = Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory));
+        let mut store =
+            Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory, self.services.clone()));
         store.limiter(|s| &mut s.limits);
         // At every epoch tick: trap once the call's tick budget (set per
         // call) is spent; until then yield to the scheduler, so that a busy

@@ -1,5 +1,7 @@
 //! What a plugin's store holds ([`HostState`]): its limits, its WASI
-//! context (built on first use) and the host side of the `log` import.
+//! context (built on first use), its side of the host services
+//! ([`services`](super::services)) and the host side of the `log` and
+//! `wasi:logging` imports.
 
 use std::sync::Arc;
 
@@ -8,6 +10,7 @@ use wasmtime::StoreLimitsBuilder;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::services::{LOGGING_INTERFACE, LoggingLevel, Services, ServicesState};
 use super::{MAX_LOG_MESSAGE, PluginInfo, bindings, output, prefix};
 
 /// Offer the `sockets:plugin/log` import. Hand-written rather than
@@ -26,6 +29,15 @@ pub(crate) fn add_log_to_linker(linker: &mut wasmtime::component::Linker<HostSta
             Ok(())
         })?;
     }
+    // `wasi:logging`, read in place the same way; the context becomes a
+    // field of the line.
+    let mut logging = linker.instance(LOGGING_INTERFACE)?;
+    logging.func_wrap("log", |store, (level, context, message): (LoggingLevel, WasmStr, WasmStr)| {
+        let context = context.to_str(&store)?;
+        let message = message.to_str(&store)?;
+        store.data().log_with_context(level, &context, &message);
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -41,6 +53,8 @@ pub struct HostState {
     /// Epoch ticks left before the current call is interrupted.
     pub(super) ticks_left: u64,
     wasi: Option<Box<WasiState>>,
+    /// Open buckets and the call's key-value budget.
+    pub(super) services: ServicesState,
 }
 
 /// WASI for one store: no args, no env, no files, no network; stdout and
@@ -68,19 +82,20 @@ impl WasiState {
 }
 
 impl HostState {
-    pub(super) fn new(info: Arc<PluginInfo>, max_memory: usize) -> Self {
+    pub(super) fn new(info: Arc<PluginInfo>, max_memory: usize, services: Arc<Services>) -> Self {
         let limits = StoreLimitsBuilder::new()
             .memory_size(max_memory)
             // Fail loudly: a plugin that hits the cap traps instead of seeing
             // `memory.grow` fail and limping on.
             .trap_on_grow_failure(true)
             .build();
-        Self { limits, info, ticks_left: 0, wasi: None }
+        Self { limits, info, ticks_left: 0, wasi: None, services: ServicesState::new(services) }
     }
 
-    /// A call of a reused instance starts: a fresh output budget. (A fresh
-    /// instance builds its WASI context, with a full budget, on first use.)
+    /// A call of a reused instance starts: a fresh output and key-value
+    /// budget. (A fresh instance starts with full budgets.)
     pub(super) fn begin_call(&mut self) {
+        self.services.begin_call();
         if let Some(wasi) = &self.wasi {
             wasi.output.begin_call();
         }
@@ -128,4 +143,44 @@ impl HostState {
             }
         });
     }
+
+    /// The plugin's `wasi:logging` import: like [`Self::log`], with the
+    /// plugin's `context` as a field (cut to 128 bytes). `critical` is
+    /// logged as an error with `critical=true`.
+    fn log_with_context(&self, level: LoggingLevel, context: &str, message: &str) {
+        use tracing::Level as L;
+        let info = &self.info;
+        let (name, version, len) = (&info.name, &info.version, message.len());
+        let at = match level {
+            LoggingLevel::Trace => L::TRACE,
+            LoggingLevel::Debug => L::DEBUG,
+            LoggingLevel::Info => L::INFO,
+            LoggingLevel::Warn => L::WARN,
+            LoggingLevel::Error | LoggingLevel::Critical => L::ERROR,
+        };
+        info.log_line(at, |suppressed| {
+            let message = prefix(message, MAX_LOG_MESSAGE);
+            let cut = if message.len() < len { "..." } else { "" };
+            let context = prefix(context, MAX_LOG_CONTEXT);
+            match level {
+                LoggingLevel::Trace => {
+                    tracing::trace!(plugin = %name, %version, context, suppressed, "{message}{cut}")
+                }
+                LoggingLevel::Debug => {
+                    tracing::debug!(plugin = %name, %version, context, suppressed, "{message}{cut}")
+                }
+                LoggingLevel::Info => tracing::info!(plugin = %name, %version, context, suppressed, "{message}{cut}"),
+                LoggingLevel::Warn => tracing::warn!(plugin = %name, %version, context, suppressed, "{message}{cut}"),
+                LoggingLevel::Error => {
+                    tracing::error!(plugin = %name, %version, context, suppressed, "{message}{cut}")
+                }
+                LoggingLevel::Critical => {
+                    tracing::error!(plugin = %name, %version, context, critical = true, suppressed, "{message}{cut}")
+                }
+            }
+        });
+    }
 }
+
+/// Longest `wasi:logging` context kept, in bytes.
+const MAX_LOG_CONTEXT: usize = 128;

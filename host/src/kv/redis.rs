@@ -1,0 +1,250 @@
+//! The Redis key-value backend, for several hosts serving one service.
+//!
+//! One multiplexed connection per host process (the `redis` crate's
+//! `ConnectionManager`): every request's commands are pipelined on it, and
+//! it reconnects by itself when the server goes away and comes back. The
+//! host starts even if Redis is down; until it is reachable, operations fail
+//! with `other("redis: ...")` and the plugin decides what to reply. A call
+//! blocked on an unresponsive server is cut off by the request's
+//! `--timeout`, like any other part of the call.
+//!
+//! Layout, for `redis-cli` users: the value of key `K` of bucket `B` of
+//! service `S` is the string `kv:{S/B}:K`; the bucket's byte count is field
+//! `bytes` of the hash `kvmeta:{S/B}`. The braces are a Redis Cluster hash
+//! tag: every key of a bucket hashes to one slot, so the Lua scripts (which
+//! touch a key and its bucket's count) and `SCAN` of a bucket would work
+//! unchanged on one cluster node (see README, "State and configuration").
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{BucketId, Error, LIST_PAGE, embedded::over_cap};
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the start-up check waits for `PING`.
+const START_CHECK: Duration = Duration::from_secs(1);
+
+/// Set a value and keep the bucket's byte count, refusing a write over the
+/// cap. KEYS: value, count. ARGV: value, key length, cap.
+const SET: &str = r"
+local keylen = tonumber(ARGV[2])
+local old = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then old = keylen + redis.call('STRLEN', KEYS[1]) end
+local new = keylen + string.len(ARGV[1])
+if new > old then
+  local total = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+  if total - old + new > tonumber(ARGV[3]) then return total - old + new end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+if new ~= old then redis.call('HINCRBY', KEYS[2], 'bytes', new - old) end
+return -1
+";
+
+/// Delete a value and keep the count. KEYS: value, count. ARGV: key length.
+const DELETE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local size = tonumber(ARGV[1]) + redis.call('STRLEN', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('HINCRBY', KEYS[2], 'bytes', -size)
+end
+return 0
+";
+
+/// Add to a decimal counter and keep the count. A counter takes at most
+/// 20 digits, so the cap is checked for that size before the write.
+/// KEYS: value, count. ARGV: delta, key length, cap.
+const INCREMENT: &str = r"
+local keylen = tonumber(ARGV[2])
+local v = redis.call('GET', KEYS[1])
+local old = 0
+if v then
+  if not string.match(v, '^%d+$') then return redis.error_reply('NOTCOUNTER') end
+  old = keylen + string.len(v)
+end
+local total = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+if total - old + keylen + 20 > tonumber(ARGV[3]) then return redis.error_reply('OVERCAP ' .. (total - old + keylen + 20)) end
+local n = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(n) == 'table' and n.err then return redis.error_reply('OVERFLOW') end
+redis.call('HINCRBY', KEYS[2], 'bytes', keylen + redis.call('STRLEN', KEYS[1]) - old)
+return n
+";
+
+/// Buckets on a Redis server.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    address: String,
+    set: Script,
+    delete: Script,
+    increment: Script,
+}
+
+impl RedisStore {
+    /// Set up the connection to `url` (`redis://[user:password@]host[:port][/db]`
+    /// or `redis+unix:///path`) and check once whether the server answers.
+    /// Fails only for a URL that is not a Redis URL.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("--kv {url:?} is not a Redis URL ({e}): use redis://HOST[:PORT][/DB]"))?;
+        let info = client.get_connection_info();
+        let address = format!("{}/{}", info.addr(), info.redis_settings().db());
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            // One quick retry: a longer wait is the request's `--timeout`'s
+            // to decide, and the next request tries again.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| anyhow::anyhow!("cannot set up the Redis connection to {address}: {e}"))?;
+        let store = Self {
+            conn,
+            address,
+            set: Script::new(SET),
+            delete: Script::new(DELETE),
+            increment: Script::new(INCREMENT),
+        };
+        let mut conn = store.conn.clone();
+        match tokio::time::timeout(START_CHECK, redis::cmd("PING").query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => tracing::info!("key-value store: Redis at {} answers", store.address),
+            Ok(Err(e)) => tracing::warn!(
+                "key-value store: Redis at {} is not reachable ({e}); serving anyway: requests that use the \
+                 store get errors until it is",
+                store.address
+            ),
+            Err(_) => tracing::warn!(
+                "key-value store: Redis at {} did not answer within {START_CHECK:?}; serving anyway: requests \
+                 that use the store get errors until it does",
+                store.address
+            ),
+        }
+        Ok(store)
+    }
+
+    /// `host:port/db`, without credentials, for logs.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub(super) async fn get(&self, b: &BucketId, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.conn.clone().get(value_key(b, key)).await.map_err(fail)
+    }
+
+    pub(super) async fn exists(&self, b: &BucketId, key: &str) -> Result<bool, Error> {
+        self.conn.clone().exists(value_key(b, key)).await.map_err(fail)
+    }
+
+    pub(super) async fn get_many(&self, b: &BucketId, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<Vec<u8>> = keys.iter().map(|k| value_key(b, k)).collect();
+        redis::cmd("MGET").arg(&names).query_async(&mut self.conn.clone()).await.map_err(fail)
+    }
+
+    pub(super) async fn set(&self, b: &BucketId, key: &str, value: &[u8], max_bucket: u64) -> Result<(), Error> {
+        let over: i64 = self
+            .set
+            .key(value_key(b, key))
+            .key(count_key(b))
+            .arg(value)
+            .arg(key.len())
+            .arg(max_bucket)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(fail)?;
+        match over {
+            -1 => Ok(()),
+            after => Err(over_cap(b, after as u64, max_bucket)),
+        }
+    }
+
+    pub(super) async fn delete(&self, b: &BucketId, key: &str) -> Result<(), Error> {
+        let _: i64 = self
+            .delete
+            .key(value_key(b, key))
+            .key(count_key(b))
+            .arg(key.len())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(fail)?;
+        Ok(())
+    }
+
+    pub(super) async fn increment(&self, b: &BucketId, key: &str, delta: u64, max_bucket: u64) -> Result<u64, Error> {
+        let overflow = || Error::Other(format!("incrementing key {key:?} overflows (Redis counters stop at 2^63-1)"));
+        let delta = i64::try_from(delta).map_err(|_| overflow())?;
+        let result: redis::RedisResult<i64> = self
+            .increment
+            .key(value_key(b, key))
+            .key(count_key(b))
+            .arg(delta)
+            .arg(key.len())
+            .arg(max_bucket)
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        match result {
+            Ok(n) => Ok(n as u64),
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("NOTCOUNTER") {
+                    Err(Error::Other(format!("the value of key {key:?} is not a decimal counter")))
+                } else if text.contains("OVERFLOW") {
+                    Err(overflow())
+                } else if let Some(after) = text.split("OVERCAP ").nth(1) {
+                    let after = after.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    Err(over_cap(b, after, max_bucket))
+                } else {
+                    Err(fail(e))
+                }
+            }
+        }
+    }
+
+    pub(super) async fn list_keys(
+        &self,
+        b: &BucketId,
+        cursor: Option<u64>,
+    ) -> Result<(Vec<String>, Option<u64>), Error> {
+        let prefix = value_key(b, "");
+        let mut pattern = prefix.clone();
+        pattern.push(b'*');
+        let (next, names): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor.unwrap_or(0))
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(LIST_PAGE)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(fail)?;
+        let keys =
+            names.into_iter().filter_map(|name| String::from_utf8(name.get(prefix.len()..)?.to_vec()).ok()).collect();
+        Ok((keys, (next != 0).then_some(next)))
+    }
+}
+
+/// `kv:{namespace/bucket}:key`. Namespace and bucket names are plain
+/// ([`super::check_name`]), so the prefix is also a literal `SCAN` pattern.
+fn value_key(b: &BucketId, key: &str) -> Vec<u8> {
+    let mut name = Vec::with_capacity(8 + b.namespace.len() + b.name.len() + key.len());
+    name.extend_from_slice(b"kv:{");
+    name.extend_from_slice(b.namespace.as_bytes());
+    name.push(b'/');
+    name.extend_from_slice(b.name.as_bytes());
+    name.extend_from_slice(b"}:");
+    name.extend_from_slice(key.as_bytes());
+    name
+}
+
+/// `kvmeta:{namespace/bucket}`: the hash holding the bucket's byte count.
+fn count_key(b: &BucketId) -> String {
+    format!("kvmeta:{{{}/{}}}", b.namespace, b.name)
+}
+
+/// A Redis error as the plugin sees it, logged for the operator.
+fn fail(e: redis::RedisError) -> Error {
+    crate::ratelimit::log_limited!(warn, "key-value store: redis: {e}");
+    Error::Other(format!("redis: {e}"))
+}
