@@ -97,6 +97,50 @@ pub mod connection_bindings {
     });
 }
 
+/// Bindings of the host services (world `imports` of
+/// `sockets:services@0.1.0`); use [`keyvalue`], [`config`] and [`logging`].
+#[doc(hidden)]
+pub mod services_bindings {
+    wit_bindgen::generate!({
+        world: "sockets:services/imports",
+        path: "../../wit/services",
+        // The interfaces are `wasi:` ones, which wit-bindgen otherwise
+        // expects from the `wasi` crate; that crate has no keyvalue,
+        // config or logging.
+        generate_all,
+    });
+}
+
+pub mod keyvalue {
+    //! `wasi:keyvalue@0.2.0-draft`: durable buckets shared by every
+    //! instance, every version of the plugin and (on Redis) every host.
+    //!
+    //! ```no_run
+    //! use sockets_plugin::keyvalue::{atomics, store};
+    //!
+    //! fn visits() -> Result<u64, store::Error> {
+    //!     let bucket = store::open("default")?;
+    //!     atomics::increment(&bucket, "visits", 1)
+    //! }
+    //! ```
+    //!
+    //! A plugin may open the buckets the operator granted (`default`
+    //! unless `--kv-bucket` says otherwise); others are
+    //! `Error::AccessDenied`. Keys, values, bytes per bucket and operations
+    //! per call are capped: over a cap is `Error::Other` saying which.
+    //! A component imports only the interfaces its code calls.
+    pub use crate::services_bindings::wasi::keyvalue::{atomics, batch, store};
+}
+
+/// `wasi:config/store@0.2.0-rc.1`: the variables the operator set with
+/// `--var KEY=VALUE`; `get` of a name not set is `Ok(None)`.
+pub use services_bindings::wasi::config::store as config;
+
+/// `wasi:logging/logging@0.1.0-draft`: `log(level, context, message)`
+/// writes a line to the host's log, with `context` as a field. Works in
+/// both worlds.
+pub use services_bindings::wasi::logging::logging;
+
 pub mod connection {
     //! Connection plugins: world `connection-handler` of `sockets:plugin@0.2.0`.
     //!
