@@ -32,20 +32,6 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-/// `bytes` with a custom section appended: a valid component with another
-/// sha256, so the host sees a new version.
-fn variant(bytes: &[u8], tag: u32) -> Vec<u8> {
-    let name = b"variant";
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(&tag.to_le_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0); // custom section id
-    out.push(section.len() as u8);
-    out.extend_from_slice(&section);
-    out
-}
-
 #[test]
 fn a_connection_plugin_is_served_on_tcp_only() {
     let p = plugin("session-probe");

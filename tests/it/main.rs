@@ -12,3 +12,4 @@ mod isolation;
 mod languages;
 mod output;
 mod reload;
+mod state;

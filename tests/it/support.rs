@@ -507,3 +507,17 @@ pub fn eventually(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// `bytes` with a custom section appended: a valid component with another
+/// sha256, so the host sees a new version.
+pub fn variant(bytes: &[u8], tag: u32) -> Vec<u8> {
+    let name = b"variant";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&tag.to_le_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.push(section.len() as u8);
+    out.extend_from_slice(&section);
+    out
+}

@@ -61,13 +61,13 @@ local keylen = tonumber(ARGV[2])
 local v = redis.call('GET', KEYS[1])
 local old = 0
 if v then
-  if not string.match(v, '^%d+$') then return redis.error_reply('NOTCOUNTER') end
+  if not string.match(v, '^%d+$') then return redis.error_reply('NOTCOUNTER not a decimal counter') end
   old = keylen + string.len(v)
 end
 local total = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
 if total - old + keylen + 20 > tonumber(ARGV[3]) then return redis.error_reply('OVERCAP ' .. (total - old + keylen + 20)) end
 local n = redis.pcall('INCRBY', KEYS[1], ARGV[1])
-if type(n) == 'table' and n.err then return redis.error_reply('OVERFLOW') end
+if type(n) == 'table' and n.err then return redis.error_reply('OVERFLOW past 2^63-1') end
 redis.call('HINCRBY', KEYS[2], 'bytes', keylen + redis.call('STRLEN', KEYS[1]) - old)
 return n
 ";
@@ -186,19 +186,16 @@ impl RedisStore {
             .await;
         match result {
             Ok(n) => Ok(n as u64),
-            Err(e) => {
-                let text = e.to_string();
-                if text.contains("NOTCOUNTER") {
-                    Err(Error::Other(format!("the value of key {key:?} is not a decimal counter")))
-                } else if text.contains("OVERFLOW") {
-                    Err(overflow())
-                } else if let Some(after) = text.split("OVERCAP ").nth(1) {
-                    let after = after.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            // The script's own error replies: a code and a detail.
+            Err(e) => match e.code() {
+                Some("NOTCOUNTER") => Err(Error::Other(format!("the value of key {key:?} is not a decimal counter"))),
+                Some("OVERFLOW") => Err(overflow()),
+                Some("OVERCAP") => {
+                    let after = e.detail().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
                     Err(over_cap(b, after, max_bucket))
-                } else {
-                    Err(fail(e))
                 }
-            }
+                _ => Err(fail(e)),
+            },
         }
     }
 

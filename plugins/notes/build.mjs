@@ -1,0 +1,58 @@
+// Build notes.js into a WebAssembly component with componentize-js.
+//
+// Usage: node build.mjs OUT_PATH   (build.sh calls it after scripts/js-toolchain.sh)
+//
+// componentize-js is not installed here: it is imported from
+// plugins/reverse/node_modules (installed once by scripts/js-toolchain.sh from
+// plugins/reverse/package-lock.json), by absolute file URL, so CI runs one
+// `npm ci` for every JavaScript plugin.
+import { readFile, writeFile, rename } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const COMPONENTIZE_JS_VERSION = '0.23.0';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '..', '..');
+const out = process.argv[2];
+if (!out) {
+  console.error('usage: node build.mjs OUT_PATH');
+  process.exit(2);
+}
+
+const pkgDir = resolve(root, 'plugins/reverse/node_modules/@bytecodealliance/componentize-js');
+let pkg;
+try {
+  pkg = JSON.parse(await readFile(resolve(pkgDir, 'package.json'), 'utf8'));
+} catch {
+  pkg = undefined;
+}
+if (pkg?.version !== COMPONENTIZE_JS_VERSION) {
+  console.error(
+    `notes: error: componentize-js ${COMPONENTIZE_JS_VERSION} is not installed in ${pkgDir} ` +
+      `(found: ${pkg ? pkg.version : 'nothing'}). Install the JavaScript toolchain with ` +
+      '`bash scripts/js-toolchain.sh` (plugins/notes/build.sh does that first).',
+  );
+  process.exit(1);
+}
+const { componentize } = await import(pathToFileURL(resolve(pkgDir, pkg.exports.import)).href);
+
+const { component } = await componentize({
+  sourcePath: resolve(here, 'notes.js'),
+  // World `handler` of sockets:services@0.1.0: sockets:plugin@0.2.0's
+  // handler plus wasi:keyvalue, wasi:config and wasi:logging (in deps/).
+  witPath: resolve(root, 'wit', 'services'),
+  worldName: 'handler',
+  // As for reverse: leave out outbound HTTP (`fetch`) and the `fetch` event,
+  // which would make the component import wasi:http, which the host does not
+  // provide. stdio (uncaught errors go to stderr, the host's log), random and
+  // clocks stay.
+  disableFeatures: ['http', 'fetch-event'],
+});
+
+// Write next to the target, then rename, so a failed build never leaves a
+// truncated component at OUT_PATH.
+const tmp = `${out}.tmp.${process.pid}`;
+await writeFile(tmp, component);
+await rename(tmp, out);
+console.error(`notes: wrote ${out} (${component.length} bytes)`);
