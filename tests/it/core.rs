@@ -373,6 +373,8 @@ fn sigusr1_logs_every_documented_counter() {
         "reload_failures",
         "cache_hits",
         "cache_misses",
+        "kv_ops",
+        "kv_errors",
     ];
     let mut names: Vec<&str> = stats.keys().map(String::as_str).collect();
     names.sort_unstable();

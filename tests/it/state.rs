@@ -438,3 +438,22 @@ fn two_hosts_on_one_redis_count_exactly_and_survive_losing_one() {
     assert!(total <= 14_000);
     assert!(acked.last().copied().unwrap_or(0) <= total);
 }
+
+/// The README's example is this file, and it shares its data with the
+/// Python plugin of the same protocol: a reload from one language to the
+/// other keeps the counts.
+#[test]
+fn the_readme_example_continues_the_python_plugins_counts_after_a_reload() {
+    let source = std::fs::read_to_string(root().join("examples/visits-rs/src/lib.rs")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(readme.contains(&source), "README's host-services example differs from examples/visits-rs");
+
+    let (dir, file) = temp_file("visits.wasm", &std::fs::read(plugin("visits")).unwrap());
+    let host = Host::start(&["--plugin", &file, "--listen", "127.0.0.1:0", "--var", "greeting=hi", "--no-watch"]);
+    assert_eq!(udp_roundtrip(host.udp(), b"ada"), b"hi, ada! visit 1");
+    std::fs::write(&file, std::fs::read(plugin("visits-rs")).unwrap()).unwrap();
+    host.signal(1); // SIGHUP
+    host.wait_stat("reloads", 1);
+    assert_eq!(udp_roundtrip(host.udp(), b"ada"), b"hi, ada! visit 2");
+    drop(dir);
+}
