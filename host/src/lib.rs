@@ -257,10 +257,23 @@ async fn open_services(config: &Config, stats: Arc<Stats>) -> anyhow::Result<plu
             stem
         }
     };
-    let backend = config
-        .kv_backend()
-        .ok_or_else(|| anyhow::anyhow!("no data directory for the key-value store: set --data-dir (or HOME)"))?;
-    let store = Arc::new(kv::Store::open(&backend).await?);
+    // A store the operator named (`--data-dir`, `--kv`) must open; the
+    // default one may fail (no HOME, a read-only home, as under some
+    // service managers) without stopping a plugin that never uses it.
+    let store = match config.kv_backend() {
+        Some(backend) if config.data_dir.is_some() || config.kv.is_some() => kv::Store::open(&backend).await?,
+        Some(backend) => kv::Store::open(&backend).await.unwrap_or_else(|e| {
+            tracing::warn!(
+                "key-value store unavailable: {e:#}; plugins that use wasi:keyvalue get errors (set --data-dir)"
+            );
+            kv::Store::Unavailable(format!("{e:#}"))
+        }),
+        None => {
+            tracing::warn!("key-value store unavailable: no data directory (set --data-dir, or HOME)");
+            kv::Store::Unavailable("no data directory (set --data-dir)".into())
+        }
+    };
+    let store = Arc::new(store);
     let buckets = config.kv_buckets();
     tracing::info!(
         "key-value store: {}; service {namespace} may open bucket(s) {}",

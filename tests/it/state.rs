@@ -196,6 +196,16 @@ fn bad_store_settings_are_refused_with_the_reason() {
 }
 
 #[test]
+fn an_unusable_default_data_directory_costs_only_the_store() {
+    let p = plugin("kv-probe");
+    let env = [("XDG_DATA_HOME", "/proc/1/no-such-dir")];
+    let host = Host::start_env(&["--plugin", p.to_str().unwrap(), "--listen", "127.0.0.1:0"], &env);
+    assert_eq!(host.logs.count("key-value store unavailable: cannot create the data directory"), 1);
+    assert!(ask(&host, "incr n").starts_with("err: other: no key-value store: cannot create the data directory"));
+    assert_eq!(ask(&host, "var x"), "(none)");
+}
+
+#[test]
 fn python_plugin_counts_visits_with_a_configured_greeting() {
     let p = plugin("visits");
     let host = Host::start(&["--plugin", p.to_str().unwrap(), "--listen", "127.0.0.1:0", "--var", "greeting=hey"]);

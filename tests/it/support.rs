@@ -114,7 +114,9 @@ impl Host {
         }
         // Each host gets a key-value store of its own unless the test
         // names one: tests never share data, and never touch ~/.local.
-        let data_dir = if strs.iter().any(|a| a == "--data-dir" || a == "--kv") {
+        let data_dir = if strs.iter().any(|a| a == "--data-dir" || a == "--kv")
+            || env.iter().any(|(k, _)| *k == "XDG_DATA_HOME")
+        {
             None
         } else {
             let dir = tempfile::Builder::new().prefix("host-data-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

@@ -103,6 +103,9 @@ pub enum Store {
     Embedded(embedded::Embedded),
     /// A Redis server.
     Redis(redis::RedisStore),
+    /// No store: the default data directory could not be used. Every
+    /// operation fails with this reason.
+    Unavailable(String),
 }
 
 impl Store {
@@ -125,6 +128,7 @@ impl Store {
         match self {
             Store::Embedded(s) => format!("embedded SQLite store {}", s.path().display()),
             Store::Redis(s) => format!("Redis at {}", s.address()),
+            Store::Unavailable(why) => format!("unavailable ({why})"),
         }
     }
 
@@ -133,6 +137,7 @@ impl Store {
         match self {
             Store::Embedded(s) => s.get(b, key),
             Store::Redis(s) => s.get(b, key).await,
+            Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }
 
@@ -142,6 +147,7 @@ impl Store {
         match self {
             Store::Embedded(s) => s.set(b, key, value, max_bucket),
             Store::Redis(s) => s.set(b, key, value, max_bucket).await,
+            Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }
 
@@ -150,6 +156,7 @@ impl Store {
         match self {
             Store::Embedded(s) => s.delete(b, key),
             Store::Redis(s) => s.delete(b, key).await,
+            Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }
 
@@ -158,6 +165,7 @@ impl Store {
         match self {
             Store::Embedded(s) => s.exists(b, key),
             Store::Redis(s) => s.exists(b, key).await,
+            Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }
 
@@ -167,6 +175,7 @@ impl Store {
         match self {
             Store::Embedded(s) => s.list_keys(b, cursor),
             Store::Redis(s) => s.list_keys(b, cursor).await,
+            Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }
 
@@ -176,6 +185,7 @@ impl Store {
         match self {
             Store::Embedded(s) => s.increment(b, key, delta, max_bucket),
             Store::Redis(s) => s.increment(b, key, delta, max_bucket).await,
+            Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }
 
@@ -184,13 +194,8 @@ impl Store {
         match self {
             Store::Embedded(s) => keys.iter().map(|k| s.get(b, k)).collect(),
             Store::Redis(s) => s.get_many(b, keys).await,
+            Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
-    }
-
-    /// Whether the data survives a crash of the host process as soon as a
-    /// write returns (the embedded store: yes).
-    pub fn is_embedded(&self) -> bool {
-        matches!(self, Store::Embedded(_))
     }
 }
 
