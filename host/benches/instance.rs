@@ -36,7 +36,8 @@ fn bench(c: &mut Criterion) {
     let _ticker = EpochTicker::start(&engine).unwrap();
     let stats = Arc::new(host::Stats::default());
     let data = tempfile::tempdir().unwrap();
-    let store = rt.block_on(host::kv::Store::open(&host::kv::Backend::Embedded(data.path().into()))).unwrap();
+    let store =
+        rt.block_on(host::kv::Store::open(&host::kv::Backend::Embedded(data.path().into()), limits.timeout)).unwrap();
     let services = Arc::new(host::plugin::services::Services::new(Arc::new(store), "bench", stats.clone()));
     let loader = Loader::new(engine, Admission::new(&engine_limits), None, stats, services).unwrap();
     let req = Request {

@@ -261,8 +261,10 @@ async fn open_services(config: &Config, stats: Arc<Stats>) -> anyhow::Result<plu
     // default one may fail (no HOME, a read-only home, as under some
     // service managers) without stopping a plugin that never uses it.
     let store = match config.kv_backend() {
-        Some(backend) if config.data_dir.is_some() || config.kv.is_some() => kv::Store::open(&backend).await?,
-        Some(backend) => kv::Store::open(&backend).await.unwrap_or_else(|e| {
+        Some(backend) if config.data_dir.is_some() || config.kv.is_some() => {
+            kv::Store::open(&backend, config.timeout).await?
+        }
+        Some(backend) => kv::Store::open(&backend, config.timeout).await.unwrap_or_else(|e| {
             tracing::warn!(
                 "key-value store unavailable: {e:#}; plugins that use wasi:keyvalue get errors (set --data-dir)"
             );

@@ -240,7 +240,9 @@ fn big_components_wait_for_room_in_the_pool_instead_of_failing() {
         let cache = Some(test_cache_dir().to_path_buf());
         let stats = Arc::new(host::Stats::default());
         let data = tempfile::tempdir().unwrap();
-        let store = host::kv::Store::open(&host::kv::Backend::Embedded(data.path().into())).await.unwrap();
+        let store = host::kv::Store::open(&host::kv::Backend::Embedded(data.path().into()), Duration::from_secs(1))
+            .await
+            .unwrap();
         let services = Arc::new(host::plugin::services::Services::new(Arc::new(store), "test", stats.clone()));
         let loader = Loader::new(engine, admission.clone(), cache, stats, services).unwrap();
         let call = CallLimits { timeout: Duration::from_secs(5), max_memory: 64 << 20, fuel: None };

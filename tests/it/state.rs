@@ -144,6 +144,52 @@ fn limits_are_error_values_never_traps() {
 }
 
 #[test]
+fn values_read_in_one_call_are_capped_at_the_instance_memory() {
+    let redis = Redis::start();
+    let url = redis.url();
+    for backend in [&[][..], &["--kv", url.as_str()][..]] {
+        let mut args = vec!["--max-memory", "16MiB"];
+        args.extend_from_slice(backend);
+        let host = kv_host(&args);
+        assert_eq!(ask(&host, "setsize big 1048576"), "ok");
+        let many = format!("getmany{}", " big".repeat(17));
+        let refused = ask(&host, &many);
+        assert!(refused.ends_with("add up to more than 16777216 bytes (--max-memory)"), "{backend:?}: {refused}");
+        assert_eq!(host.stats()["traps"], 0);
+        assert!(host.peak_rss_kib() < 200 << 10, "the host read the values anyway");
+    }
+}
+
+/// Another process holding the SQLite write lock (a second host, a backup
+/// tool) delays writes, which are cut off at --timeout, but never the
+/// worker threads: reads and requests that do not use the store go on.
+#[test]
+fn a_locked_store_delays_writes_only() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let host = kv_host(&["--data-dir", dir, "--timeout", "300ms", "--workers", "1"]);
+    assert_eq!(ask(&host, "set k before"), "ok");
+    let script = "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                  c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]))\n";
+    let db = data.path().join("kv.sqlite3");
+    let mut locker =
+        Command::new("python3").args(["-c", script, db.to_str().unwrap(), "5"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    let started = Instant::now();
+    let s = udp_client(host.udp());
+    s.send(b"set k during").unwrap();
+    // One worker thread: if the write blocked it, these would wait too.
+    assert_eq!(ask(&host, "var x"), "(none)");
+    assert_eq!(ask(&host, "get k"), "before");
+    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+    host.wait_stat("timeouts", 1);
+    let _ = locker.kill();
+    let _ = locker.wait();
+}
+
+#[test]
 fn config_variables_and_wasi_logging_reach_the_plugin_and_the_log() {
     let host = kv_host(&["--var", "greeting=hi there", "--var", "url=a=b", "--var", "greeting=hello"]);
     assert_eq!(ask(&host, "var greeting"), "hello", "the last value of a name wins");
@@ -350,9 +396,12 @@ fn redis_backend_shares_state_between_hosts_and_keeps_services_apart() {
     let capped = redis_host(&redis, &["--name", "capped", "--kv-max-bucket-bytes", "100"]);
     assert_eq!(ask(&capped, "setsize a 90"), "ok");
     assert!(ask(&capped, "setsize b 20").contains("--kv-max-bucket-bytes"));
-    assert!(ask(&capped, "incr n").contains("--kv-max-bucket-bytes"));
-    assert_eq!(ask(&capped, "del a"), "ok");
+    // A counter takes the room of its digits: 91 + 2 bytes fit, 91 + 11 do not.
     assert_eq!(ask(&capped, "incr n"), "1");
+    assert!(ask(&capped, "incr n 1000000000").contains("--kv-max-bucket-bytes"));
+    assert_eq!(ask(&capped, "get n"), "1", "a refused increment leaves the counter as it was");
+    assert_eq!(ask(&capped, "del a"), "ok");
+    assert_eq!(ask(&capped, "incr n 1000000000"), "1000000001");
     assert_eq!(ask(&capped, "set text abc"), "ok");
     assert!(ask(&capped, "incr text").contains("not a decimal counter"));
 }

@@ -9,18 +9,21 @@
 //! This is what SQLite recommends for WAL and what Spin's SQLite key-value
 //! store runs with.
 //!
-//! Calls are short (microseconds, the pages are in SQLite's cache) and are
-//! made on the calling thread under one mutex, like taking a lock: a
-//! `spawn_blocking` round trip would cost more than the query. Checkpoints,
+//! No call blocks a worker thread for longer than a short read. Writes,
+//! which may wait for another process's lock (up to [`BUSY_TIMEOUT`]), run
+//! on tokio's blocking pool and are awaited, so the request's `--timeout`
+//! still cuts the caller off. Reads use a connection of their own (in WAL
+//! mode a reader does not wait for a writer) and run on the calling thread
+//! when that connection is free, else on the blocking pool too. Checkpoints,
 //! which `fsync`, run on a thread of their own ([`Checkpointer`]): with
 //! SQLite's automatic checkpoint, one commit in about a thousand paid 3 to
-//! 7 ms for it (measured, README "State and configuration"). Several host processes may share one data
-//! directory (for example during an upgrade): SQLite locks the file, and a
-//! writer waits up to [`BUSY_TIMEOUT`] for another process's write.
+//! 7 ms for it (measured, README "State and configuration"). Several host
+//! processes may share one data directory (during an upgrade, say): SQLite
+//! locks the file between them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -31,6 +34,10 @@ use super::{BucketId, Error, LIST_PAGE};
 pub const FILE_NAME: &str = "kv.sqlite3";
 /// How long a write waits for another process's write to the same file.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a read may wait for a lock (only while SQLite recovers the WAL
+/// index after a crash, or a checkpoint resets it): reads may run on a
+/// worker thread.
+const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(20);
 /// How often the WAL is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// WAL pages (4 KiB) past which a checkpoint makes the WAL start over.
@@ -56,25 +63,41 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
 ";
 
-/// The store: a connection for requests and a checkpointing thread.
+/// The store: a connection for reads, one for writes, and a checkpointing
+/// thread.
 pub struct Embedded {
-    conn: Mutex<Connection>,
+    db: Arc<Db>,
     path: PathBuf,
     _checkpointer: Checkpointer,
 }
 
+struct Db {
+    reader: Mutex<Connection>,
+    writer: Mutex<Connection>,
+}
+
+/// Lock `m`: a panic while holding it cannot leave a transaction open
+/// (rusqlite rolls back on drop), so the connection is still usable.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Embedded {
-    /// Open (or create) `dir/kv.sqlite3`, creating `dir` readable by this
-    /// user only.
+    /// Open (or create) `dir/kv.sqlite3`, creating `dir` and the file
+    /// readable by this user only.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
         super::create_private_dir(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let path = dir.join(FILE_NAME);
-        let conn = connect(&path).with_context(|| format!("cannot open the key-value store {}", path.display()))?;
-        conn.execute_batch(SCHEMA).with_context(|| format!("cannot create the tables in {}", path.display()))?;
+        let what = || format!("cannot open the key-value store {}", path.display());
+        create_private_file(&path).with_context(what)?;
+        let writer = connect(&path, BUSY_TIMEOUT).with_context(what)?;
+        writer.execute_batch(SCHEMA).with_context(|| format!("cannot create the tables in {}", path.display()))?;
+        let reader = connect(&path, READ_BUSY_TIMEOUT).with_context(what)?;
         let checkpointer = Checkpointer::start(&path)?;
-        Ok(Self { conn: Mutex::new(conn), path, _checkpointer: checkpointer })
+        let db = Arc::new(Db { reader: Mutex::new(reader), writer: Mutex::new(writer) });
+        Ok(Self { db, path, _checkpointer: checkpointer })
     }
 
     /// The SQLite file.
@@ -82,122 +105,195 @@ impl Embedded {
         &self.path
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a transaction open
-        // (rusqlite rolls back on drop), so the connection is still usable.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Run `f` on the read connection: here if it is free, else on the
+    /// blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        match self.db.reader.try_lock() {
+            Ok(conn) => return f(&conn),
+            Err(TryLockError::Poisoned(conn)) => return f(&conn.into_inner()),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&lock(&db.reader))).await.map_err(Error::other)?
     }
 
-    pub(super) fn get(&self, b: &BucketId, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND bucket = ?2 AND key = ?3").map_err(fail)?;
-        stmt.query_row(params![&*b.namespace, &*b.name, key], |row| row.get(0)).optional().map_err(fail)
+    /// Run `f` on the write connection, on the blocking pool.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&db.writer))).await.map_err(Error::other)?
     }
 
-    pub(super) fn exists(&self, b: &BucketId, key: &str) -> Result<bool, Error> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT 1 FROM kv WHERE ns = ?1 AND bucket = ?2 AND key = ?3").map_err(fail)?;
-        stmt.exists(params![&*b.namespace, &*b.name, key]).map_err(fail)
+    pub(super) async fn get(&self, b: &BucketId, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let (b, key) = (b.clone(), key.to_string());
+        self.read(move |conn| select_value(conn, &b, &key)).await
     }
 
-    pub(super) fn set(&self, b: &BucketId, key: &str, value: &[u8], max_bucket: u64) -> Result<(), Error> {
-        self.write(b, key, max_bucket, |_| Ok(value.to_vec())).map(drop)
+    pub(super) async fn exists(&self, b: &BucketId, key: &str) -> Result<bool, Error> {
+        let (b, key) = (b.clone(), key.to_string());
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT 1 FROM kv WHERE ns = ?1 AND bucket = ?2 AND key = ?3").map_err(fail)?;
+            stmt.exists(params![&*b.namespace, &*b.name, key]).map_err(fail)
+        })
+        .await
     }
 
-    pub(super) fn increment(&self, b: &BucketId, key: &str, delta: u64, max_bucket: u64) -> Result<u64, Error> {
-        let mut sum = 0;
-        self.write(b, key, max_bucket, |old| {
-            let n = match old {
-                None => 0,
-                Some(v) => parse_counter(key, v)?,
-            };
-            sum =
-                n.checked_add(delta).ok_or_else(|| Error::Other(format!("incrementing key {key:?} overflows u64")))?;
-            Ok(sum.to_string().into_bytes())
-        })?;
-        Ok(sum)
-    }
-
-    /// Replace the value of `key` with what `new` makes of the old one, in
-    /// one transaction that also keeps the bucket's byte count and cap.
-    fn write(
+    /// The values of `keys`, stopping with an error once they add up to
+    /// more than `max_bytes`.
+    pub(super) async fn get_many(
         &self,
         b: &BucketId,
-        key: &str,
-        max_bucket: u64,
-        new: impl FnOnce(Option<&[u8]>) -> Result<Vec<u8>, Error>,
-    ) -> Result<(), Error> {
-        let (ns, bucket) = (&*b.namespace, &*b.name);
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
-        let old: Option<Vec<u8>> = tx
-            .prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND bucket = ?2 AND key = ?3")
-            .and_then(|mut s| s.query_row(params![ns, bucket, key], |row| row.get(0)).optional())
-            .map_err(fail)?;
-        let value = new(old.as_deref())?;
-        let old_size = old.as_ref().map_or(0, |v| (key.len() + v.len()) as i64);
-        let new_size = (key.len() + value.len()) as i64;
-        if new_size > old_size {
-            let total: i64 = tx
-                .prepare_cached("SELECT bytes FROM buckets WHERE ns = ?1 AND bucket = ?2")
-                .and_then(|mut s| s.query_row(params![ns, bucket], |row| row.get(0)).optional())
-                .map_err(fail)?
-                .unwrap_or(0);
-            let after = (total - old_size + new_size) as u64;
-            if after > max_bucket {
-                return Err(over_cap(b, after, max_bucket));
+        keys: Vec<String>,
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let b = b.clone();
+        let db = self.db.clone();
+        // On the blocking pool: many values can take a while to read.
+        let read = move || {
+            let conn = lock(&db.reader);
+            let mut total = 0usize;
+            let mut values = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let value = select_value(&conn, &b, key)?;
+                total += value.as_ref().map_or(0, Vec::len);
+                if total > max_bytes {
+                    return Err(super::over_read(max_bytes));
+                }
+                values.push(value);
             }
-        }
-        tx.prepare_cached(
-            "INSERT INTO kv (ns, bucket, key, value) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (ns, bucket, key) DO UPDATE SET value = excluded.value",
-        )
-        .and_then(|mut s| s.execute(params![ns, bucket, key, value]))
-        .map_err(fail)?;
-        add_bytes(&tx, b, new_size - old_size)?;
-        tx.commit().map_err(fail)
+            Ok(values)
+        };
+        tokio::task::spawn_blocking(read).await.map_err(Error::other)?
     }
 
-    pub(super) fn delete(&self, b: &BucketId, key: &str) -> Result<(), Error> {
-        let (ns, bucket) = (&*b.namespace, &*b.name);
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
-        let removed: Option<i64> = tx
-            .prepare_cached("DELETE FROM kv WHERE ns = ?1 AND bucket = ?2 AND key = ?3 RETURNING length(value)")
-            .and_then(|mut s| s.query_row(params![ns, bucket, key], |row| row.get(0)).optional())
-            .map_err(fail)?;
-        if let Some(len) = removed {
-            add_bytes(&tx, b, -(key.len() as i64 + len))?;
-        }
-        tx.commit().map_err(fail)
+    pub(super) async fn set(&self, b: &BucketId, key: &str, value: Vec<u8>, max_bucket: u64) -> Result<(), Error> {
+        let (b, key) = (b.clone(), key.to_string());
+        self.write(move |conn| update(conn, &b, &key, max_bucket, |_| Ok(value)).map(drop)).await
     }
 
-    pub(super) fn list_keys(&self, b: &BucketId, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), Error> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT id, key FROM kv WHERE ns = ?1 AND bucket = ?2 AND id > ?3 ORDER BY id LIMIT ?4")
-            .map_err(fail)?;
-        let after = cursor.map_or(0, |c| c.min(i64::MAX as u64) as i64);
-        let rows = stmt
-            .query_map(params![&*b.namespace, &*b.name, after, LIST_PAGE as i64 + 1], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(fail)?;
-        let mut keys = Vec::new();
-        let mut last = 0;
-        for row in rows {
-            let (id, key) = row.map_err(fail)?;
-            if keys.len() == LIST_PAGE {
-                // There is at least one more key: the next page starts after
-                // the last one returned.
-                return Ok((keys, Some(last as u64)));
+    pub(super) async fn increment(&self, b: &BucketId, key: &str, delta: u64, max_bucket: u64) -> Result<u64, Error> {
+        let (b, key) = (b.clone(), key.to_string());
+        self.write(move |conn| {
+            let mut sum = 0;
+            update(conn, &b, &key, max_bucket, |old| {
+                let n = match old {
+                    None => 0,
+                    Some(v) => parse_counter(&key, v)?,
+                };
+                sum = n.checked_add(delta).ok_or_else(|| super::overflow(&key))?;
+                Ok(sum.to_string().into_bytes())
+            })?;
+            Ok(sum)
+        })
+        .await
+    }
+
+    pub(super) async fn delete(&self, b: &BucketId, key: &str) -> Result<(), Error> {
+        let (b, key) = (b.clone(), key.to_string());
+        self.write(move |conn| {
+            let (ns, bucket) = (&*b.namespace, &*b.name);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
+            let removed: Option<i64> = tx
+                .prepare_cached("DELETE FROM kv WHERE ns = ?1 AND bucket = ?2 AND key = ?3 RETURNING length(value)")
+                .and_then(|mut s| s.query_row(params![ns, bucket, key], |row| row.get(0)).optional())
+                .map_err(fail)?;
+            if let Some(len) = removed {
+                add_bytes(&tx, &b, -(key.len() as i64 + len))?;
             }
-            last = id;
-            keys.push(key);
+            tx.commit().map_err(fail)
+        })
+        .await
+    }
+
+    pub(super) async fn list_keys(
+        &self,
+        b: &BucketId,
+        cursor: Option<u64>,
+    ) -> Result<(Vec<String>, Option<u64>), Error> {
+        let b = b.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, key FROM kv WHERE ns = ?1 AND bucket = ?2 AND id > ?3 ORDER BY id LIMIT ?4")
+                .map_err(fail)?;
+            let after = cursor.map_or(0, |c| c.min(i64::MAX as u64) as i64);
+            let rows = stmt
+                .query_map(params![&*b.namespace, &*b.name, after, LIST_PAGE as i64 + 1], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(fail)?;
+            let mut keys = Vec::new();
+            let mut last = 0;
+            for row in rows {
+                let (id, key) = row.map_err(fail)?;
+                if keys.len() == LIST_PAGE {
+                    // There is at least one more key: the next page starts
+                    // after the last one returned.
+                    return Ok((keys, Some(last as u64)));
+                }
+                last = id;
+                keys.push(key);
+            }
+            Ok((keys, None))
+        })
+        .await
+    }
+}
+
+fn select_value(conn: &Connection, b: &BucketId, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND bucket = ?2 AND key = ?3").map_err(fail)?;
+    stmt.query_row(params![&*b.namespace, &*b.name, key], |row| row.get(0)).optional().map_err(fail)
+}
+
+/// Replace the value of `key` with what `new` makes of the old one, in one
+/// transaction that also keeps the bucket's byte count and cap.
+fn update(
+    conn: &mut Connection,
+    b: &BucketId,
+    key: &str,
+    max_bucket: u64,
+    new: impl FnOnce(Option<&[u8]>) -> Result<Vec<u8>, Error>,
+) -> Result<(), Error> {
+    let (ns, bucket) = (&*b.namespace, &*b.name);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
+    let old = select_value(&tx, b, key)?;
+    let value = new(old.as_deref())?;
+    let old_size = old.as_ref().map_or(0, |v| (key.len() + v.len()) as i64);
+    let new_size = (key.len() + value.len()) as i64;
+    if new_size > old_size {
+        let total: i64 = tx
+            .prepare_cached("SELECT bytes FROM buckets WHERE ns = ?1 AND bucket = ?2")
+            .and_then(|mut s| s.query_row(params![ns, bucket], |row| row.get(0)).optional())
+            .map_err(fail)?
+            .unwrap_or(0);
+        let after = (total - old_size + new_size) as u64;
+        if after > max_bucket {
+            return Err(over_cap(b, after, max_bucket));
         }
-        Ok((keys, None))
+    }
+    tx.prepare_cached(
+        "INSERT INTO kv (ns, bucket, key, value) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (ns, bucket, key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute(params![ns, bucket, key, value]))
+    .map_err(fail)?;
+    add_bytes(&tx, b, new_size - old_size)?;
+    tx.commit().map_err(fail)
+}
+
+/// Create `path` readable and writable by this user only, if it does not
+/// exist; SQLite creates its `-wal` and `-shm` files with the same mode.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(drop),
     }
 }
 
@@ -214,12 +310,14 @@ fn add_bytes(tx: &rusqlite::Transaction<'_>, b: &BucketId, delta: i64) -> Result
     .map_err(fail)
 }
 
-/// A counter's value: decimal ASCII, as `increment` writes it.
-pub(super) fn parse_counter(key: &str, value: &[u8]) -> Result<u64, Error> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| Error::Other(format!("the value of key {key:?} is not a decimal counter")))
+/// A counter's value, in the one form both backends accept
+/// ([`super::is_counter`]).
+fn parse_counter(key: &str, value: &[u8]) -> Result<u64, Error> {
+    if !super::is_counter(value) {
+        return Err(super::not_a_counter(key));
+    }
+    // Digits only, so the one way to fail is being past u64::MAX.
+    std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or_else(|| super::overflow(key))
 }
 
 pub(super) fn over_cap(b: &BucketId, after: u64, max: u64) -> Error {
@@ -236,9 +334,9 @@ fn fail(e: rusqlite::Error) -> Error {
     Error::Other(format!("embedded store: {e}"))
 }
 
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
+fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Checkpoints run on their own thread ([`Checkpointer`]), never in a
@@ -260,7 +358,7 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn start(path: &Path) -> anyhow::Result<Self> {
-        let conn = connect(path)?;
+        let conn = connect(path, BUSY_TIMEOUT)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("kv-checkpoint".into()).spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
@@ -304,42 +402,57 @@ mod tests {
         BucketId { namespace: ns.into(), name: name.into() }
     }
 
-    #[test]
-    fn values_counters_caps_and_pages() {
+    #[tokio::test]
+    async fn values_counters_caps_and_pages() {
         let dir = tempfile::tempdir().unwrap();
         let s = Embedded::open(dir.path()).unwrap();
         let (a, b) = (bucket("svc", "default"), bucket("other", "default"));
-        assert_eq!(s.get(&a, "k").unwrap(), None);
-        s.set(&a, "k", b"v1", 1 << 20).unwrap();
-        assert_eq!(s.get(&a, "k").unwrap().as_deref(), Some(&b"v1"[..]));
-        assert_eq!(s.get(&b, "k").unwrap(), None, "namespaces are separate");
-        assert_eq!(s.increment(&a, "n", 5, 1 << 20).unwrap(), 5);
-        assert_eq!(s.increment(&a, "n", 2, 1 << 20).unwrap(), 7);
-        assert_eq!(s.get(&a, "n").unwrap().as_deref(), Some(&b"7"[..]));
-        assert!(matches!(s.increment(&a, "k", 1, 1 << 20), Err(Error::Other(m)) if m.contains("not a decimal")));
-        assert!(matches!(s.increment(&a, "n", u64::MAX, 1 << 20), Err(Error::Other(m)) if m.contains("overflows")));
+        assert_eq!(s.get(&a, "k").await.unwrap(), None);
+        s.set(&a, "k", b"v1".to_vec(), 1 << 20).await.unwrap();
+        assert_eq!(s.get(&a, "k").await.unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(s.get(&b, "k").await.unwrap(), None, "namespaces are separate");
+        assert_eq!(s.increment(&a, "n", 5, 1 << 20).await.unwrap(), 5);
+        assert_eq!(s.increment(&a, "n", 2, 1 << 20).await.unwrap(), 7);
+        assert_eq!(s.get(&a, "n").await.unwrap().as_deref(), Some(&b"7"[..]));
+        assert!(matches!(s.increment(&a, "k", 1, 1 << 20).await, Err(Error::Other(m)) if m.contains("not a decimal")));
+        assert!(
+            matches!(s.increment(&a, "n", u64::MAX, 1 << 20).await, Err(Error::Other(m)) if m.contains("overflows"))
+        );
         // Cap: "k"+"v1" and "n"+"7" take 5 bytes.
-        assert!(matches!(s.set(&a, "x", b"123456", 10), Err(Error::Other(m)) if m.contains("over its cap")));
-        s.set(&a, "x", b"1234", 10).unwrap();
-        s.delete(&a, "x").unwrap();
-        s.delete(&a, "x").unwrap();
-        s.set(&a, "x", b"1234", 10).unwrap();
-        assert!(s.exists(&a, "x").unwrap());
+        assert!(
+            matches!(s.set(&a, "x", b"123456".to_vec(), 10).await, Err(Error::Other(m)) if m.contains("over its cap"))
+        );
+        s.set(&a, "x", b"1234".to_vec(), 10).await.unwrap();
+        s.delete(&a, "x").await.unwrap();
+        s.delete(&a, "x").await.unwrap();
+        s.set(&a, "x", b"1234".to_vec(), 10).await.unwrap();
+        assert!(s.exists(&a, "x").await.unwrap());
         for i in 0..LIST_PAGE + 5 {
-            s.set(&b, &format!("key{i}"), b"", u64::MAX).unwrap();
+            s.set(&b, &format!("key{i}"), b"".to_vec(), u64::MAX).await.unwrap();
         }
-        let (page, cursor) = s.list_keys(&b, None).unwrap();
+        let (page, cursor) = s.list_keys(&b, None).await.unwrap();
         assert_eq!(page.len(), LIST_PAGE);
-        let (rest, end) = s.list_keys(&b, cursor).unwrap();
+        let (rest, end) = s.list_keys(&b, cursor).await.unwrap();
         assert_eq!((rest.len(), end), (5, None));
+        // Counters have one form on both backends.
+        for (text, want) in [("007", "not a decimal"), ("+5", "not a decimal"), ("99999999999999999999", "overflows")] {
+            s.set(&a, "c", text.as_bytes().to_vec(), 1 << 20).await.unwrap();
+            assert!(
+                matches!(s.increment(&a, "c", 1, 1 << 20).await, Err(Error::Other(m)) if m.contains(want)),
+                "{text}"
+            );
+        }
+        let keys = vec!["k".to_string(), "k".to_string(), "none".to_string()];
+        assert_eq!(s.get_many(&a, keys.clone(), 4).await.unwrap(), [Some(b"v1".to_vec()), Some(b"v1".to_vec()), None]);
+        assert!(matches!(s.get_many(&a, keys, 3).await, Err(Error::Other(m)) if m.contains("bytes")));
     }
 
-    #[test]
-    fn data_survives_reopening() {
+    #[tokio::test]
+    async fn data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let a = bucket("svc", "default");
-        Embedded::open(dir.path()).unwrap().set(&a, "k", b"v", 1 << 20).unwrap();
+        Embedded::open(dir.path()).unwrap().set(&a, "k", b"v".to_vec(), 1 << 20).await.unwrap();
         let s = Embedded::open(dir.path()).unwrap();
-        assert_eq!(s.get(&a, "k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(s.get(&a, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
     }
 }

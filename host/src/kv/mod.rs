@@ -59,6 +59,29 @@ impl Error {
     }
 }
 
+/// Whether `value` is a counter as `increment` reads and writes it on
+/// every backend: decimal digits, no sign, no leading zero (`0`, `42`).
+pub fn is_counter(value: &[u8]) -> bool {
+    match value {
+        [] => false,
+        [b'0'] => true,
+        [b'0', ..] => false,
+        digits => digits.len() <= 20 && digits.iter().all(u8::is_ascii_digit),
+    }
+}
+
+fn not_a_counter(key: &str) -> Error {
+    Error::Other(format!("the value of key {key:?} is not a decimal counter"))
+}
+
+fn overflow(key: &str) -> Error {
+    Error::Other(format!("incrementing key {key:?} overflows"))
+}
+
+fn over_read(max: usize) -> Error {
+    Error::Other(format!("the values read in this call add up to more than {max} bytes (--max-memory)"))
+}
+
 /// One bucket of one service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BucketId {
@@ -111,15 +134,16 @@ pub enum Store {
 impl Store {
     /// Open the store. The embedded store fails here if its file cannot be
     /// opened; a Redis store never fails for an unreachable server (it
-    /// connects when it can) but does for a bad URL.
-    pub async fn open(backend: &Backend) -> anyhow::Result<Store> {
+    /// connects when it can) but does for a bad URL. `timeout` is how long
+    /// a request may run (`--timeout`): no store call waits longer.
+    pub async fn open(backend: &Backend, timeout: std::time::Duration) -> anyhow::Result<Store> {
         Ok(match backend {
             Backend::Embedded(dir) => {
                 let dir = dir.clone();
                 let store = tokio::task::spawn_blocking(move || embedded::Embedded::open(&dir)).await??;
                 Store::Embedded(store)
             }
-            Backend::Redis(url) => Store::Redis(redis::RedisStore::open(url).await?),
+            Backend::Redis(url) => Store::Redis(redis::RedisStore::open(url, timeout).await?),
         })
     }
 
@@ -135,7 +159,7 @@ impl Store {
     /// The value of `key`, if it has one.
     pub async fn get(&self, b: &BucketId, key: &str) -> Result<Option<Vec<u8>>, Error> {
         match self {
-            Store::Embedded(s) => s.get(b, key),
+            Store::Embedded(s) => s.get(b, key).await,
             Store::Redis(s) => s.get(b, key).await,
             Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
@@ -143,10 +167,10 @@ impl Store {
 
     /// Set `key` to `value`, unless that takes the bucket over `max_bucket`
     /// bytes.
-    pub async fn set(&self, b: &BucketId, key: &str, value: &[u8], max_bucket: u64) -> Result<(), Error> {
+    pub async fn set(&self, b: &BucketId, key: &str, value: Vec<u8>, max_bucket: u64) -> Result<(), Error> {
         match self {
-            Store::Embedded(s) => s.set(b, key, value, max_bucket),
-            Store::Redis(s) => s.set(b, key, value, max_bucket).await,
+            Store::Embedded(s) => s.set(b, key, value, max_bucket).await,
+            Store::Redis(s) => s.set(b, key, &value, max_bucket).await,
             Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }
@@ -154,7 +178,7 @@ impl Store {
     /// Delete `key`; nothing happens if it does not exist.
     pub async fn delete(&self, b: &BucketId, key: &str) -> Result<(), Error> {
         match self {
-            Store::Embedded(s) => s.delete(b, key),
+            Store::Embedded(s) => s.delete(b, key).await,
             Store::Redis(s) => s.delete(b, key).await,
             Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
@@ -163,7 +187,7 @@ impl Store {
     /// Whether `key` has a value.
     pub async fn exists(&self, b: &BucketId, key: &str) -> Result<bool, Error> {
         match self {
-            Store::Embedded(s) => s.exists(b, key),
+            Store::Embedded(s) => s.exists(b, key).await,
             Store::Redis(s) => s.exists(b, key).await,
             Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
@@ -173,7 +197,7 @@ impl Store {
     /// next page (`None` at the end).
     pub async fn list_keys(&self, b: &BucketId, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), Error> {
         match self {
-            Store::Embedded(s) => s.list_keys(b, cursor),
+            Store::Embedded(s) => s.list_keys(b, cursor).await,
             Store::Redis(s) => s.list_keys(b, cursor).await,
             Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
@@ -183,17 +207,24 @@ impl Store {
     /// return the sum, atomically.
     pub async fn increment(&self, b: &BucketId, key: &str, delta: u64, max_bucket: u64) -> Result<u64, Error> {
         match self {
-            Store::Embedded(s) => s.increment(b, key, delta, max_bucket),
+            Store::Embedded(s) => s.increment(b, key, delta, max_bucket).await,
             Store::Redis(s) => s.increment(b, key, delta, max_bucket).await,
             Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }
 
-    /// The values of `keys`, in order.
-    pub async fn get_many(&self, b: &BucketId, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    /// The values of `keys`, in order; an error once they add up to more
+    /// than `max_bytes`, so a list of one big key repeated cannot make the
+    /// host (or Redis) hold more.
+    pub async fn get_many(
+        &self,
+        b: &BucketId,
+        keys: Vec<String>,
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         match self {
-            Store::Embedded(s) => keys.iter().map(|k| s.get(b, k)).collect(),
-            Store::Redis(s) => s.get_many(b, keys).await,
+            Store::Embedded(s) => s.get_many(b, keys, max_bytes).await,
+            Store::Redis(s) => s.get_many(b, &keys, max_bytes).await,
             Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
         }
     }

@@ -122,23 +122,45 @@ impl Services {
 pub struct Bucket(BucketId);
 
 /// The services side of one store: its open buckets and what is left of
-/// the current call's operation budget.
+/// the current call's budgets.
 pub struct ServicesState {
     services: Arc<Services>,
     table: ResourceTable,
     open: usize,
     ops_left: u32,
+    /// Bytes of values one call may read: the instance's `--max-memory`,
+    /// as the plugin could not hold more.
+    max_read: usize,
+    read_left: usize,
 }
 
 impl ServicesState {
-    pub(super) fn new(services: Arc<Services>) -> Self {
+    pub(super) fn new(services: Arc<Services>, max_memory: usize) -> Self {
         let ops_left = services.limits.max_ops;
-        Self { services, table: ResourceTable::new(), open: 0, ops_left }
+        Self { services, table: ResourceTable::new(), open: 0, ops_left, max_read: max_memory, read_left: max_memory }
     }
 
-    /// A new call: a full operation budget.
+    /// A new call: full budgets.
     pub(super) fn begin_call(&mut self) {
         self.ops_left = self.services.limits.max_ops;
+        self.read_left = self.max_read;
+    }
+
+    /// Take the values a call read from its read budget, or fail.
+    fn read<T>(&mut self, bytes: usize, value: T) -> Result<T, kv::Error> {
+        match self.read_left.checked_sub(bytes) {
+            Some(left) => {
+                self.read_left = left;
+                Ok(value)
+            }
+            None => {
+                self.read_left = 0;
+                Err(kv::Error::Other(format!(
+                    "the values read in this call add up to more than {} bytes (--max-memory)",
+                    self.max_read
+                )))
+            }
+        }
     }
 
     /// Take `n` operations from the call's budget, or fail saying why.
@@ -253,7 +275,8 @@ impl store::HostBucket for ServicesState {
             self.spend(1)?;
             self.key_ok(&key)?;
             let b = self.bucket(&bucket)?;
-            self.store().get(&b, &key).await
+            let value = self.store().get(&b, &key).await?;
+            self.read(value.as_ref().map_or(0, Vec::len), value)
         }
         .await;
         self.counted(result)
@@ -265,7 +288,7 @@ impl store::HostBucket for ServicesState {
             self.key_ok(&key)?;
             self.value_ok(&value)?;
             let b = self.bucket(&bucket)?;
-            self.store().set(&b, &key, &value, self.max_bucket()).await
+            self.store().set(&b, &key, value, self.max_bucket()).await
         }
         .await;
         self.counted(result)
@@ -338,8 +361,10 @@ impl batch::Host for ServicesState {
             self.spend(keys.len().max(1))?;
             keys.iter().try_for_each(|k| self.key_ok(k))?;
             let b = self.bucket(&bucket)?;
-            let values = self.store().get_many(&b, &keys).await?;
-            Ok(keys.into_iter().zip(values).map(|(k, v)| v.map(|v| (k, v))).collect())
+            let values = self.store().get_many(&b, keys.clone(), self.read_left).await?;
+            let bytes = values.iter().flatten().map(Vec::len).sum();
+            let pairs = keys.into_iter().zip(values).map(|(k, v)| v.map(|v| (k, v))).collect();
+            self.read(bytes, pairs)
         }
         .await;
         self.counted(result)
@@ -357,8 +382,8 @@ impl batch::Host for ServicesState {
                 self.value_ok(v)?;
             }
             let b = self.bucket(&bucket)?;
-            for (k, v) in &key_values {
-                self.store().set(&b, k, v, self.max_bucket()).await?;
+            for (k, v) in key_values {
+                self.store().set(&b, &k, v, self.max_bucket()).await?;
             }
             Ok(())
         }

@@ -89,7 +89,7 @@ impl HostState {
             // `memory.grow` fail and limping on.
             .trap_on_grow_failure(true)
             .build();
-        Self { limits, info, ticks_left: 0, wasi: None, services: ServicesState::new(services) }
+        Self { limits, info, ticks_left: 0, wasi: None, services: ServicesState::new(services, max_memory) }
     }
 
     /// A call of a reused instance starts: a fresh output and key-value
