@@ -11,6 +11,10 @@
 //! shows the medians. The two hosts with an instance per connection run the
 //! TCP rows only: over UDP the one is not served and the other is the same
 //! as the host as it ships.
+//!
+//! With `--kv` (or `--kv-only`), the key-value section follows: the UDP
+//! counter of `kv-probe.wasm` on the embedded store and on Redis against the
+//! echo plugin, in a table of its own ([`crate::kv`]).
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -45,6 +49,10 @@ pub struct Options {
     pub workers: usize,
     /// Worker threads of the load generator (this process).
     pub load_workers: usize,
+    /// Add the key-value section ([`crate::kv`]) after the table.
+    pub kv: Option<crate::kv::Options>,
+    /// Run the key-value section only (`kv` must be set).
+    pub kv_only: bool,
 }
 
 /// `--instance-reuse` of the reusing host: in effect, never replace an instance.
@@ -59,9 +67,9 @@ const INSTANCES_PER_CONN_POOL: usize = IDLE_CONNS + 50;
 const FIRST_REPLY_WARMUP: usize = 200;
 /// Pause after each load, so that its connections are closed and the
 /// server's tasks for them are gone before the next load starts.
-const PAUSE: Duration = Duration::from_millis(300);
+pub(crate) const PAUSE: Duration = Duration::from_millis(300);
 /// After opening the idle connections, let the server's memory settle.
-const SETTLE: Duration = Duration::from_millis(500);
+pub(crate) const SETTLE: Duration = Duration::from_millis(500);
 /// A load may take this long beyond its warm-up and duration (connecting
 /// 10,000 connections takes a few seconds) before it is abandoned.
 const LOAD_SLACK: Duration = Duration::from_secs(60);
@@ -108,6 +116,7 @@ impl Shape {
             duration: options.duration,
             warmup: options.warmup,
             rate,
+            fixed: None,
         }
     }
 }
@@ -199,6 +208,15 @@ fn plan() -> Vec<Scenario> {
 
 /// Run the comparison and print the table on stdout (progress on stderr).
 pub async fn run(options: &Options) -> anyhow::Result<()> {
+    if let Some(kv) = &options.kv {
+        crate::kv::check(options, kv)?;
+        if options.kv_only {
+            let cache =
+                tempfile::Builder::new().prefix("bench-compile-cache").tempdir().context("cannot create a temp dir")?;
+            println!("{}", crate::kv::run(options, kv, cache.path()).await?);
+            return Ok(());
+        }
+    }
     ensure!(
         options.host.is_file(),
         "no host binary at {} (build it with `cargo build --release -p host`, or pass --host)",
@@ -242,6 +260,9 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     rows.push(startup);
     println!("{}", crate::report::render(&rows));
     print_logs(&logs);
+    if let Some(kv) = &options.kv {
+        println!("\n{}", crate::kv::run(options, kv, cache.path()).await?);
+    }
     Ok(())
 }
 
@@ -416,7 +437,10 @@ fn print_setup(options: &Options, plan: &[Scenario]) {
             cell * Server::ALL.iter().filter(|server| s.kind.measures(**server)).count() as u32
         })
         .sum();
-    let estimate = per_round * options.rounds;
+    let mut estimate = per_round * options.rounds;
+    if options.kv.is_some() {
+        estimate += crate::kv::estimate(options);
+    }
     println!("## host vs native echo\n");
     println!("- machine: {}", sys::machine());
     println!(
@@ -467,7 +491,7 @@ fn command(server: Server, options: &Options, cache: &Path, udp: SocketAddr) -> 
         Server::HostReuse | Server::HostFresh | Server::HostConn | Server::HostPinned => {
             let plugin = if server == Server::HostConn { &options.conn_plugin } else { &options.plugin };
             let mut c = Command::new(&options.host);
-            c.arg("--plugin").arg(plugin).arg("--cache-dir").arg(cache);
+            c.arg("--plugin").arg(plugin).arg("--cache-dir").arg(cache).arg("--data-dir").arg(cache.join("data"));
             match server {
                 Server::HostReuse => {
                     c.args(["--instance-reuse", &REUSE.to_string()]);
@@ -497,7 +521,7 @@ fn command(server: Server, options: &Options, cache: &Path, udp: SocketAddr) -> 
 }
 
 /// Run one load, bounded in time whatever happens to the server.
-async fn run_load(spec: Spec) -> anyhow::Result<Report> {
+pub(crate) async fn run_load(spec: Spec) -> anyhow::Result<Report> {
     let limit = spec.warmup + spec.duration + LOAD_SLACK;
     timeout(limit, load::run(&spec)).await.with_context(|| format!("the load did not finish within {limit:?}"))?
 }
@@ -627,6 +651,8 @@ mod tests {
             first_replies: 1,
             workers: 2,
             load_workers: 1,
+            kv: None,
+            kv_only: false,
         };
         let args = |server| {
             let c = command(server, &options, Path::new("/cache"), loopback(7)).unwrap();

@@ -5,7 +5,11 @@
 //! - `bench load` drives one server with a closed-loop (or rate-limited)
 //!   load and reports throughput, latency percentiles and every error.
 //! - `bench compare` starts the baseline and the host as child processes,
-//!   runs the same loads against each, and prints a markdown table.
+//!   runs the same loads against each, and prints a markdown table. With
+//!   `--kv` it adds the key-value section: the UDP counter of kv-probe.wasm
+//!   on the embedded store and on Redis against the echo plugin, with the
+//!   issue's goals and a check of the counter against the replies;
+//!   `--kv-only` runs that section alone.
 //! - `bench startup` times the host from spawn to first reply per plugin,
 //!   with a cold and a warm compile cache.
 //! - `bench reload` times hot reloads from the rename of a new version to
@@ -15,6 +19,7 @@
 //! asks for; the work is in the modules.
 
 mod compare;
+mod kv;
 mod load;
 mod native;
 mod per_plugin;
@@ -49,7 +54,8 @@ enum Command {
     Native(NativeArgs),
     /// Drive one server with load and report what it did.
     Load(LoadArgs),
-    /// Start the baseline and the host, load both, print a markdown table.
+    /// Start the baseline and the host, load both, print a markdown table
+    /// (with --kv, also the key-value store against the echo plugin).
     Compare(CompareArgs),
     /// Time the host's start to its first UDP reply per plugin, cold and warm.
     Startup(StartupArgs),
@@ -97,6 +103,15 @@ struct LoadArgs {
     /// Payload bytes per request (at least 16: a sequence number leads it).
     #[arg(long, value_name = "BYTES", default_value_t = 64)]
     size: usize,
+    /// UDP only: send TEXT as every request instead of numbered echo
+    /// payloads, for a plugin that is not an echo (e.g. 'incr counter' to
+    /// kv-probe.wasm). Each reply is taken as the answer to its socket's
+    /// oldest outstanding request, and checked as --reply says.
+    #[arg(long, value_name = "TEXT", conflicts_with = "size")]
+    request: Option<String>,
+    /// What a reply to --request must be.
+    #[arg(long, value_enum, value_name = "CHECK", default_value_t = load::ReplyCheck::Echo, requires = "request")]
+    reply: load::ReplyCheck,
     /// How long to measure (after the warm-up).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     duration: Duration,
@@ -153,6 +168,24 @@ struct CompareArgs {
     /// A smoke test: one round of 0.5 s loads, 3 starts, 1,000 first replies.
     #[arg(long)]
     quick: bool,
+    /// Add the key-value section after the table: UDP `incr counter` to
+    /// kv-probe.wasm (one atomic increment per request) on the embedded
+    /// store (--data-dir, a fresh temp dir) and on Redis (--kv, a
+    /// redis-server started on a free loopback port without persistence),
+    /// against echo.wasm, with fresh instances; the ratios to echo against
+    /// the goals (>= 0.6 embedded, >= 0.4 Redis), and a check that the
+    /// counter's final value equals the replies received.
+    #[arg(long)]
+    kv: bool,
+    /// Run the key-value section (--kv) alone, without the main table.
+    #[arg(long)]
+    kv_only: bool,
+    /// The key-value fixture plugin of the --kv section.
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/kv-probe.wasm")]
+    kv_plugin: PathBuf,
+    /// The Redis server binary of the --kv section.
+    #[arg(long, value_name = "PATH", default_value = "redis-server")]
+    redis_server: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +279,7 @@ fn load_command(args: LoadArgs) -> anyhow::Result<()> {
         duration: args.duration,
         warmup: args.warmup,
         rate: args.rate,
+        fixed: args.request.map(|r| load::FixedRequest::new(r, args.reply)),
     };
     sys::raise_nofile_limit();
     let report = runtime(args.workers.into())?.block_on(load::run(&spec))?;
@@ -274,6 +308,9 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
         first_replies: first_replies as usize,
         workers: args.workers.map_or_else(host::default_workers, usize::from),
         load_workers: args.load_workers.into(),
+        kv: (args.kv || args.kv_only)
+            .then_some(kv::Options { plugin: args.kv_plugin, redis_server: args.redis_server }),
+        kv_only: args.kv_only,
     };
     // 10,000 connections need more descriptors than the usual soft limit of
     // 1,024, here and in the servers, which inherit the raised limit.

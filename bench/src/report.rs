@@ -102,7 +102,7 @@ impl Problems {
         self.notes.push(note.into());
     }
 
-    fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.errors + self.lost + self.late > 0 || !self.notes.is_empty()
     }
 }
@@ -207,7 +207,7 @@ pub fn render(rows: &[Row]) -> String {
 
 /// `1234567.0` as `1.23M`: three significant digits are what a benchmark
 /// on a shared machine can claim.
-fn si(v: f64) -> String {
+pub(crate) fn si(v: f64) -> String {
     match v {
         v if v >= 1e6 => format!("{:.2}M", v / 1e6),
         v if v >= 1e4 => format!("{:.0}k", v / 1e3),

@@ -23,6 +23,11 @@ pub struct Tally {
     pub lost: u64,
     /// UDP replies that came after their request had been counted as lost.
     pub late: u64,
+    /// Correct replies received over the whole run: warm-up, measurement,
+    /// and (for a fixed UDP request) the drain after it, late ones included.
+    /// Counted for fixed requests only, to check against a server's own
+    /// count of what it answered.
+    pub answered: u64,
     /// Latency of each correct reply in the window, in µs.
     pub latency: Histogram<u64>,
     /// The first error, to say what went wrong and not only how often.
@@ -33,7 +38,7 @@ impl Tally {
     pub fn new() -> Self {
         let latency = Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGNIFICANT_DIGITS)
             .expect("constant histogram bounds are valid");
-        Self { ok: 0, errors: 0, lost: 0, late: 0, latency, first_error: None }
+        Self { ok: 0, errors: 0, lost: 0, late: 0, answered: 0, latency, first_error: None }
     }
 
     /// Count one correct reply that took `latency`.
@@ -57,6 +62,7 @@ impl Tally {
         self.errors += other.errors;
         self.lost += other.lost;
         self.late += other.late;
+        self.answered += other.answered;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
@@ -108,8 +114,9 @@ mod tests {
         let mut b = Tally::new();
         b.record(Duration::from_micros(300));
         b.lost = 2;
+        b.answered = 3;
         a.merge(&b);
-        assert_eq!((a.ok, a.errors, a.lost), (2, 1, 2));
+        assert_eq!((a.ok, a.errors, a.lost, a.answered), (2, 1, 2, 3));
         assert_eq!(a.latency.len(), 2);
         assert!(a.quantile_us(1.0) >= 300);
         assert_eq!(Tally::new().quantile_us(0.99), 0);

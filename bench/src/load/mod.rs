@@ -10,6 +10,13 @@
 //!
 //! Each connection is one task with its own [`Tally`]; nothing is shared
 //! while the load runs. Every reply is checked byte for byte.
+//!
+//! Over UDP, a load can also send one [`FixedRequest`] over and over, for a
+//! plugin that answers something other than an echo (`incr counter`, whose
+//! reply is the counter's new value). Its replies are checked for their
+//! form only, and each is taken as the reply to its socket's oldest
+//! outstanding request (with no sequence number, nothing says which
+//! request it answers), so latencies are those of the oldest request.
 
 mod payload;
 mod tcp;
@@ -30,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::stats::Tally;
 use payload::{HEADER_LEN, Payloads};
+
+pub use payload::{ReplyCheck, parse_integer};
 
 pub use tcp::{connect_all, first_replies};
 
@@ -86,6 +95,27 @@ pub struct Spec {
     pub warmup: Duration,
     /// Total requests per second for an open-loop load.
     pub rate: Option<f64>,
+    /// Send this request every time instead of numbered echo payloads of
+    /// `size` bytes (UDP only; `size` is then unused).
+    pub fixed: Option<FixedRequest>,
+}
+
+/// A request sent unchanged every time, and what its replies must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedRequest {
+    pub request: Vec<u8>,
+    pub reply: ReplyCheck,
+}
+
+impl FixedRequest {
+    pub fn new(request: impl Into<Vec<u8>>, reply: ReplyCheck) -> Self {
+        Self { request: request.into(), reply }
+    }
+
+    /// The request for a report: `incr counter` (12 B).
+    pub fn describe(&self) -> String {
+        format!("`{}` ({} B)", String::from_utf8_lossy(&self.request).escape_debug(), self.request.len())
+    }
 }
 
 impl Spec {
@@ -99,6 +129,16 @@ impl Spec {
         ensure!(self.conns >= 1, "--conns must be at least 1");
         ensure!(self.inflight >= 1, "--inflight must be at least 1");
         ensure!(!self.duration.is_zero(), "--duration must be more than 0");
+        if let Some(fixed) = &self.fixed {
+            ensure!(matches!(self.target, Target::Udp(_)), "a fixed request (--request) is sent over UDP only");
+            ensure!(!fixed.request.is_empty(), "--request must not be empty");
+            ensure!(
+                fixed.request.len() <= host::config::MAX_UDP_PAYLOAD,
+                "the request does not fit a UDP datagram (at most {} bytes)",
+                host::config::MAX_UDP_PAYLOAD
+            );
+            return self.validate_rate();
+        }
         ensure!(self.size >= HEADER_LEN, "--size must be at least {HEADER_LEN} bytes (the sequence number)");
         match self.target {
             Target::Udp(_) => ensure!(
@@ -112,6 +152,10 @@ impl Spec {
             }
             Target::Tcp(_) => {}
         }
+        self.validate_rate()
+    }
+
+    fn validate_rate(&self) -> anyhow::Result<()> {
         if let Some(rate) = self.rate {
             ensure!(rate.is_finite() && rate > 0.0, "--rate must be a positive number of requests per second");
         }
@@ -149,7 +193,9 @@ impl Report {
             "addr": addr.to_string(),
             "conns": self.spec.conns,
             "inflight": self.spec.inflight,
-            "size": self.spec.size,
+            "size": self.spec.fixed.as_ref().map_or(self.spec.size, |f| f.request.len()),
+            "request": self.spec.fixed.as_ref().map(|f| String::from_utf8_lossy(&f.request).into_owned()),
+            "answered": t.answered,
             "rate": self.spec.rate,
             "warmup_s": self.warmup.as_secs_f64(),
             "duration_s": self.measured.as_secs_f64(),
@@ -177,7 +223,10 @@ impl fmt::Display for Report {
             Some(r) => format!("open loop at {r:.0} req/s, at most {} in flight each", s.inflight),
             None => format!("{} in flight each", s.inflight),
         };
-        writeln!(f, "{}: {} conns, {mode}, {} B payloads", s.target, s.conns, s.size)?;
+        match &s.fixed {
+            Some(fixed) => writeln!(f, "{}: {} conns, {mode}, request {}", s.target, s.conns, fixed.describe())?,
+            None => writeln!(f, "{}: {} conns, {mode}, {} B payloads", s.target, s.conns, s.size)?,
+        }
         writeln!(f, "measured   {:.2?} after {:.2?} warm-up", self.measured, self.warmup)?;
         if self.cold > 0 {
             writeln!(f, "warning    {} connections had no reply during the warm-up", self.cold)?;
@@ -192,6 +241,9 @@ impl fmt::Display for Report {
             t.latency.max()
         )?;
         writeln!(f, "errors     {}, lost {}, late {}", t.errors, t.lost, t.late)?;
+        if s.fixed.is_some() {
+            writeln!(f, "answered   {} correct replies in all (warm-up and drain included)", t.answered)?;
+        }
         if let Some(e) = &t.first_error {
             writeln!(f, "first error: {e}")?;
         }
@@ -202,7 +254,10 @@ impl fmt::Display for Report {
 /// Run `spec` to completion: connect, warm up, measure, stop.
 pub async fn run(spec: &Spec) -> anyhow::Result<Report> {
     spec.validate()?;
-    let payloads = Arc::new(Payloads::new(spec.size));
+    let payloads = Arc::new(match &spec.fixed {
+        Some(fixed) => Payloads::fixed(&fixed.request, fixed.reply),
+        None => Payloads::new(spec.size),
+    });
     // Connect first, so a slow connect phase (10,000 TCP handshakes) is not
     // part of the warm-up or the measurement.
     let conns: Vec<Conn> = match spec.target {
@@ -360,6 +415,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             rate: None,
+            fixed: None,
         }
     }
 
@@ -383,6 +439,16 @@ mod tests {
         s.size = 64;
         s.rate = Some(0.0);
         assert!(s.validate().is_err());
+        s.rate = None;
+        // A fixed request ignores the size, and is UDP only.
+        s.size = 8;
+        s.fixed = Some(FixedRequest::new("incr counter", ReplyCheck::Integer));
+        assert!(s.validate().is_ok());
+        s.fixed = Some(FixedRequest::new("", ReplyCheck::Integer));
+        assert!(s.validate().is_err());
+        let mut t = spec(Target::Tcp("127.0.0.1:9".parse().unwrap()));
+        t.fixed = Some(FixedRequest::new("incr counter", ReplyCheck::Integer));
+        assert!(t.validate().unwrap_err().to_string().contains("UDP only"));
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! it answers the slot's current request or one already given up on. A slot
 //! with no reply within [`LOSS_TIMEOUT`] counts as lost and takes a new
 //! request, so a dropped datagram costs throughput but never stalls the load.
+//!
+//! A fixed request has no sequence number: each correct reply frees the
+//! slot that has waited longest. When the load stops, a socket sending a
+//! fixed request waits (up to the loss timeout) for the replies to its
+//! outstanding requests, unmeasured, so that [`Tally::answered`] counts
+//! every reply the server sent that arrived.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -106,7 +112,11 @@ pub async fn drive(socket: UdpSocket, mut job: Job) -> Tally {
             _ = sweep.tick() => expire(&mut slots, &mut tally),
             r = socket.recv(&mut buf) => match r {
                 Ok(n) => {
-                    let correct = on_reply(&buf[..n], &job, &mut slots, &next_seq, &mut tally);
+                    let correct = if job.payloads.fixed_check().is_some() {
+                        on_fixed_reply(&buf[..n], &job, &mut slots, &mut tally, true)
+                    } else {
+                        on_reply(&buf[..n], &job, &mut slots, &next_seq, &mut tally)
+                    };
                     if correct && !std::mem::replace(&mut warm, true) {
                         job.clock.warmed();
                     }
@@ -117,7 +127,63 @@ pub async fn drive(socket: UdpSocket, mut job: Job) -> Tally {
             _ = job.schedule.next_due(), if has_free => {}
         }
     }
+    if job.payloads.fixed_check().is_some() {
+        drain(&socket, &job, &mut slots, &mut buf, &mut tally).await;
+    }
     tally
+}
+
+/// After the load has stopped, receive the replies to the fixed requests
+/// still outstanding, for at most the loss timeout, without timing them;
+/// count what is still unanswered after that as lost.
+async fn drain(socket: &UdpSocket, job: &Job, slots: &mut [Slot], buf: &mut [u8], tally: &mut Tally) {
+    let deadline = Instant::now() + LOSS_TIMEOUT;
+    while slots.iter().any(|s| matches!(s, Slot::Waiting { .. })) {
+        match tokio::time::timeout_at(deadline, socket.recv(buf)).await {
+            Ok(Ok(n)) => {
+                on_fixed_reply(&buf[..n], job, slots, tally, false);
+            }
+            Ok(Err(e)) => tally.error(format_args!("udp receive: {e}")),
+            Err(_) => break,
+        }
+    }
+    tally.lost += slots.iter().filter(|s| matches!(s, Slot::Waiting { .. })).count() as u64;
+}
+
+/// Check and count one reply to a fixed request, taking it as the reply to
+/// the request that has waited longest; true if it is correct and some
+/// request was waiting. Its latency is recorded if `measure` and the
+/// measurement has started.
+fn on_fixed_reply(reply: &[u8], job: &Job, slots: &mut [Slot], tally: &mut Tally, measure: bool) -> bool {
+    let now = Instant::now();
+    let correct = job.payloads.accepts_fixed(reply);
+    if correct {
+        tally.answered += 1;
+    }
+    let oldest = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Slot::Waiting { sent, timed_from, .. } => Some((i, *sent, *timed_from)),
+            _ => None,
+        })
+        .min_by_key(|&(_, sent, _)| sent);
+    // Nothing outstanding: the reply to a request already counted lost.
+    let Some((i, _, timed_from)) = oldest else {
+        tally.late += 1;
+        return false;
+    };
+    slots[i] = Slot::Free;
+    if !correct {
+        let check = job.payloads.fixed_check().map_or("", |c| c.describe());
+        let shown: String = String::from_utf8_lossy(reply).chars().take(80).collect();
+        tally.error(format_args!("udp reply {shown:?} is not {check}"));
+        return false;
+    }
+    if measure && job.clock.measures(now) {
+        tally.record(now - timed_from);
+    }
+    true
 }
 
 /// Check and count one reply; true if it is the correct reply to a request
