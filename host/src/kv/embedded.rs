@@ -10,9 +10,13 @@
 //! store runs with.
 //!
 //! No call blocks a worker thread for longer than a short read. Writes,
-//! which may wait for another process's lock (up to [`BUSY_TIMEOUT`]), run
-//! on tokio's blocking pool and are awaited, so the request's `--timeout`
-//! still cuts the caller off. Reads use a connection of their own (in WAL
+//! which may wait for another process's lock (up to [`BUSY_TIMEOUT`]), go
+//! to a writer thread and are awaited, so the request's `--timeout` still
+//! cuts the caller off. The writer commits the writes that queued up while
+//! it was busy in one transaction (group commit, each write in a savepoint
+//! of its own so one failing write undoes only itself), and answers them
+//! only once that transaction is committed: one WAL write for many
+//! requests, and no `ok` before the data is in the WAL. Reads use a connection of their own (in WAL
 //! mode a reader does not wait for a writer) and run on the calling thread
 //! when that connection is free, else on the blocking pool too. Checkpoints,
 //! which `fsync`, run on a thread of their own ([`Checkpointer`]): with
@@ -63,17 +67,31 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
 ";
 
-/// The store: a connection for reads, one for writes, and a checkpointing
+/// Most writes committed in one transaction.
+const MAX_GROUP: usize = 256;
+/// Writes that may wait for the writer thread; past this, callers wait to
+/// queue (async, not on a thread).
+const WRITE_QUEUE: usize = 1024;
+
+/// The store: a connection for reads, a writer thread and a checkpointing
 /// thread.
 pub struct Embedded {
     db: Arc<Db>,
+    writes: tokio::sync::mpsc::Sender<Write>,
     path: PathBuf,
-    _checkpointer: Checkpointer,
+    _writer: Thread,
+    _checkpointer: Thread,
 }
 
 struct Db {
     reader: Mutex<Connection>,
-    writer: Mutex<Connection>,
+}
+
+/// One write for the writer thread: what to do inside the transaction, and
+/// where to send its result (a counter's new value, or 0).
+struct Write {
+    run: Box<dyn FnOnce(&Connection) -> Result<u64, Error> + Send>,
+    reply: Reply,
 }
 
 /// Lock `m`: a panic while holding it cannot leave a transaction open
@@ -95,9 +113,11 @@ impl Embedded {
         let writer = connect(&path, BUSY_TIMEOUT).with_context(what)?;
         writer.execute_batch(SCHEMA).with_context(|| format!("cannot create the tables in {}", path.display()))?;
         let reader = connect(&path, READ_BUSY_TIMEOUT).with_context(what)?;
-        let checkpointer = Checkpointer::start(&path)?;
-        let db = Arc::new(Db { reader: Mutex::new(reader), writer: Mutex::new(writer) });
-        Ok(Self { db, path, _checkpointer: checkpointer })
+        let checkpointer = start_checkpointer(&path)?;
+        let (writes, queue) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let writer = Thread::spawn("kv-writer", move |_stop| write_groups(writer, queue))?;
+        let db = Arc::new(Db { reader: Mutex::new(reader) });
+        Ok(Self { db, writes, path, _writer: writer, _checkpointer: checkpointer })
     }
 
     /// The SQLite file.
@@ -120,13 +140,13 @@ impl Embedded {
         tokio::task::spawn_blocking(move || f(&lock(&db.reader))).await.map_err(Error::other)?
     }
 
-    /// Run `f` on the write connection, on the blocking pool.
-    async fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&db.writer))).await.map_err(Error::other)?
+    /// Run `run` on the writer thread, inside its next transaction, and
+    /// return its result once that transaction is committed.
+    async fn write(&self, run: impl FnOnce(&Connection) -> Result<u64, Error> + Send + 'static) -> Result<u64, Error> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let gone = || Error::Other("embedded store: the writer thread has stopped".into());
+        self.writes.send(Write { run: Box::new(run), reply }).await.map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
     }
 
     pub(super) async fn get(&self, b: &BucketId, key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -174,7 +194,7 @@ impl Embedded {
 
     pub(super) async fn set(&self, b: &BucketId, key: &str, value: Vec<u8>, max_bucket: u64) -> Result<(), Error> {
         let (b, key) = (b.clone(), key.to_string());
-        self.write(move |conn| update(conn, &b, &key, max_bucket, |_| Ok(value)).map(drop)).await
+        self.write(move |conn| update(conn, &b, &key, max_bucket, |_| Ok(value)).map(|()| 0)).await.map(drop)
     }
 
     pub(super) async fn increment(&self, b: &BucketId, key: &str, delta: u64, max_bucket: u64) -> Result<u64, Error> {
@@ -197,18 +217,17 @@ impl Embedded {
     pub(super) async fn delete(&self, b: &BucketId, key: &str) -> Result<(), Error> {
         let (b, key) = (b.clone(), key.to_string());
         self.write(move |conn| {
-            let (ns, bucket) = (&*b.namespace, &*b.name);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
-            let removed: Option<i64> = tx
+            let removed: Option<i64> = conn
                 .prepare_cached("DELETE FROM kv WHERE ns = ?1 AND bucket = ?2 AND key = ?3 RETURNING length(value)")
-                .and_then(|mut s| s.query_row(params![ns, bucket, key], |row| row.get(0)).optional())
+                .and_then(|mut s| s.query_row(params![&*b.namespace, &*b.name, key], |row| row.get(0)).optional())
                 .map_err(fail)?;
             if let Some(len) = removed {
-                add_bytes(&tx, &b, -(key.len() as i64 + len))?;
+                add_bytes(conn, &b, -(key.len() as i64 + len))?;
             }
-            tx.commit().map_err(fail)
+            Ok(0)
         })
         .await
+        .map(drop)
     }
 
     pub(super) async fn list_keys(
@@ -251,18 +270,69 @@ fn select_value(conn: &Connection, b: &BucketId, key: &str) -> Result<Option<Vec
     stmt.query_row(params![&*b.namespace, &*b.name, key], |row| row.get(0)).optional().map_err(fail)
 }
 
-/// Replace the value of `key` with what `new` makes of the old one, in one
-/// transaction that also keeps the bucket's byte count and cap.
-fn update(
+/// The writer thread: take the writes queued up, run each in a savepoint
+/// of one transaction, commit, then answer them all.
+fn write_groups(mut conn: Connection, mut queue: tokio::sync::mpsc::Receiver<Write>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut results = Vec::with_capacity(MAX_GROUP);
+    // Ends when the store is dropped (every sender gone).
+    while let Some(first) = queue.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(write) => group.push(write),
+                Err(_) => break,
+            }
+        }
+        let committed = run_group(&mut conn, &mut group, &mut results);
+        // If the transaction could not even begin, the group is still
+        // there: every write in it gets the error.
+        for write in group.drain(..) {
+            results.push((write.reply, Ok(0)));
+        }
+        for (reply, result) in results.drain(..) {
+            let _ = reply.send(committed.clone().and(result));
+        }
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<u64, Error>>;
+
+/// Run `group` in one transaction, each write in a savepoint of its own;
+/// its results go to `results`, to be sent once the commit is known.
+fn run_group(
     conn: &mut Connection,
+    group: &mut Vec<Write>,
+    results: &mut Vec<(Reply, Result<u64, Error>)>,
+) -> Result<(), Error> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
+    for write in group.drain(..) {
+        let result = match tx.savepoint() {
+            Ok(mut savepoint) => {
+                let result = (write.run)(&savepoint);
+                // A failed write undoes whatever it did before failing.
+                let end = if result.is_ok() { savepoint.commit() } else { savepoint.rollback() };
+                end.map_err(fail).and(result)
+            }
+            Err(e) => Err(fail(e)),
+        };
+        results.push((write.reply, result));
+    }
+    tx.commit().map_err(fail)
+}
+
+/// Replace the value of `key` with what `new` makes of the old one, keeping
+/// the bucket's byte count and cap (inside the writer's transaction).
+fn update(
+    conn: &Connection,
     b: &BucketId,
     key: &str,
     max_bucket: u64,
     new: impl FnOnce(Option<&[u8]>) -> Result<Vec<u8>, Error>,
 ) -> Result<(), Error> {
     let (ns, bucket) = (&*b.namespace, &*b.name);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
-    let old = select_value(&tx, b, key)?;
+    let tx = conn;
+    let old = select_value(tx, b, key)?;
     let value = new(old.as_deref())?;
     let old_size = old.as_ref().map_or(0, |v| (key.len() + v.len()) as i64);
     let new_size = (key.len() + value.len()) as i64;
@@ -283,8 +353,7 @@ fn update(
     )
     .and_then(|mut s| s.execute(params![ns, bucket, key, value]))
     .map_err(fail)?;
-    add_bytes(&tx, b, new_size - old_size)?;
-    tx.commit().map_err(fail)
+    add_bytes(tx, b, new_size - old_size)
 }
 
 /// Create `path` readable and writable by this user only, if it does not
@@ -297,7 +366,7 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn add_bytes(tx: &rusqlite::Transaction<'_>, b: &BucketId, delta: i64) -> Result<(), Error> {
+fn add_bytes(tx: &Connection, b: &BucketId, delta: i64) -> Result<(), Error> {
     if delta == 0 {
         return Ok(());
     }
@@ -348,44 +417,48 @@ fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> 
     Ok(conn)
 }
 
-/// A thread that checkpoints the WAL into the database every
-/// [`CHECKPOINT_EVERY`], on a connection of its own, and stops when
-/// dropped.
-struct Checkpointer {
+/// Start the thread that checkpoints the WAL into the database every
+/// [`CHECKPOINT_EVERY`], on a connection of its own.
+fn start_checkpointer(path: &Path) -> anyhow::Result<Thread> {
+    let conn = connect(path, BUSY_TIMEOUT)?;
+    Thread::spawn("kv-checkpoint", move |stop| {
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+            // PASSIVE copies what it can without waiting for writers. Under
+            // a steady stream of writes it never catches up with the end of
+            // the WAL, and only a checkpoint that does lets the WAL start
+            // over: past RESTART_FRAMES, RESTART waits for the writer (one
+            // group of writes waits for one short fsync) and catches up.
+            let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
+            let result = match frames {
+                Ok(frames) if frames > RESTART_FRAMES => {
+                    conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                }
+                other => other.map(drop),
+            };
+            if let Err(e) = result {
+                crate::ratelimit::log_limited!(warn, "embedded key-value store: checkpoint failed: {e}");
+            }
+        }
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    })
+}
+
+/// A thread of the store's, told to stop (its `stop` receiver disconnects)
+/// and joined when dropped.
+struct Thread {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Checkpointer {
-    fn start(path: &Path) -> anyhow::Result<Self> {
-        let conn = connect(path, BUSY_TIMEOUT)?;
+impl Thread {
+    fn spawn(name: &str, body: impl FnOnce(mpsc::Receiver<()>) + Send + 'static) -> anyhow::Result<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new().name("kv-checkpoint".into()).spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                // PASSIVE copies what it can without waiting for writers.
-                // Under a steady stream of writes it never catches up with
-                // the end of the WAL, and only a checkpoint that does lets
-                // the WAL start over: past RESTART_FRAMES, RESTART waits for
-                // the writer (a request pays for one short fsync) and
-                // catches up.
-                let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
-                let result = match frames {
-                    Ok(frames) if frames > RESTART_FRAMES => {
-                        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-                    }
-                    other => other.map(drop),
-                };
-                if let Err(e) = result {
-                    crate::ratelimit::log_limited!(warn, "embedded key-value store: checkpoint failed: {e}");
-                }
-            }
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        })?;
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || body(stopped))?;
         Ok(Self { stop: Some(stop), thread: Some(thread) })
     }
 }
 
-impl Drop for Checkpointer {
+impl Drop for Thread {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
