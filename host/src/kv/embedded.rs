@@ -90,9 +90,12 @@ struct Db {
 /// One write for the writer thread: what to do inside the transaction, and
 /// where to send its result (a counter's new value, or 0).
 struct Write {
-    run: Box<dyn FnOnce(&Connection) -> Result<u64, Error> + Send>,
+    run: WriteFn,
     reply: Reply,
 }
+
+/// A write's work, run inside the writer's transaction.
+type WriteFn = Box<dyn FnOnce(&Connection) -> Result<u64, Error> + Send>;
 
 /// Lock `m`: a panic while holding it cannot leave a transaction open
 /// (rusqlite rolls back on drop), so the connection is still usable.
