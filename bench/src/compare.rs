@@ -659,7 +659,10 @@ mod tests {
             c.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
         };
         let conn = args(Server::HostConn);
-        assert!(conn.starts_with("--plugin line-echo.wasm --cache-dir /cache --max-instances 10050"), "{conn}");
+        assert!(
+            conn.starts_with("--plugin line-echo.wasm --cache-dir /cache --data-dir /cache/data --max-instances 10050"),
+            "{conn}"
+        );
         assert!(!conn.contains("--udp") && !conn.contains("--framing"), "{conn}");
         let pinned = args(Server::HostPinned);
         assert!(pinned.contains("--plugin echo.wasm") && pinned.contains("--tcp-isolation connection"), "{pinned}");
