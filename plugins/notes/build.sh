@@ -30,4 +30,6 @@ if ! log=$(cd "$here" && node --test protocol.test.js 2>&1); then
 fi
 
 mkdir -p "$(dirname "$out")"
-node "$here/build.mjs" "$out"
+# World `handler` of sockets:services@0.1.0: sockets:plugin@0.2.0's handler
+# plus wasi:keyvalue, wasi:config and wasi:logging (in its deps/).
+node "$root/scripts/componentize-js.mjs" notes "$here/notes.js" "$root/wit/services" handler "$out"

@@ -28,4 +28,5 @@ if ! log=$(cd "$here" && node --test protocol.test.js 2>&1); then
 fi
 
 mkdir -p "$(dirname "$out")"
-node "$here/build.mjs" "$out"
+# The 0.2.0 WIT package, world `connection-handler`.
+node "$root/scripts/componentize-js.mjs" shout "$here/shout.js" "$root/wit/0.2.0" connection-handler "$out"
