@@ -9,21 +9,24 @@
 //! This is what SQLite recommends for WAL and what Spin's SQLite key-value
 //! store runs with.
 //!
-//! No call blocks a worker thread for longer than a short read. Writes,
-//! which may wait for another process's lock (up to [`BUSY_TIMEOUT`]), go
-//! to a writer thread and are awaited, so the request's `--timeout` still
-//! cuts the caller off. The writer commits the writes that queued up while
-//! it was busy in one transaction (group commit, each write in a savepoint
-//! of its own so one failing write undoes only itself), and answers them
-//! only once that transaction is committed: one WAL write for many
-//! requests, and no `ok` before the data is in the WAL. Reads use a connection of their own (in WAL
-//! mode a reader does not wait for a writer) and run on the calling thread
-//! when that connection is free, else on the blocking pool too. Checkpoints,
-//! which `fsync`, run on a thread of their own ([`Checkpointer`]): with
-//! SQLite's automatic checkpoint, one commit in about a thousand paid 3 to
-//! 7 ms for it (measured, README "State and configuration"). Several host
-//! processes may share one data directory (during an upgrade, say): SQLite
-//! locks the file between them.
+//! No call blocks a worker thread for longer than a short read or an
+//! uncontended commit. When the writer is idle, a write commits on the
+//! caller's thread, but only if the file's write lock is free at once.
+//! Otherwise (another process writes, or writes are queued) it goes to the
+//! writer thread, which may wait for the lock (up to [`BUSY_TIMEOUT`]) and
+//! is awaited, so the request's `--timeout` still cuts the caller off. The
+//! writer commits the writes that queued up while it was busy in one
+//! transaction (group commit, each write in a savepoint of its own so one
+//! failing write undoes only itself), and answers them only once that
+//! transaction is committed: one WAL write for many requests, and no `ok`
+//! before the data is in the WAL. Reads use a connection of their own (in
+//! WAL mode a reader does not wait for a writer) and run on the calling
+//! thread when that connection is free, else on the blocking pool.
+//! Checkpoints, which `fsync`, run on a thread of their own
+//! ([`start_checkpointer`]): with SQLite's automatic checkpoint, one commit
+//! in about a thousand paid 3 to 7 ms for it (measured, README "State and
+//! configuration"). Several host processes may share one data directory
+//! (during an upgrade, say): SQLite locks the file between them.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -85,6 +88,9 @@ pub struct Embedded {
 
 struct Db {
     reader: Mutex<Connection>,
+    /// Held by the writer thread while it commits a group, and by a
+    /// caller committing a write of its own ([`Embedded::write`]).
+    writer: Mutex<Connection>,
 }
 
 /// One write for the writer thread: what to do inside the transaction, and
@@ -118,8 +124,9 @@ impl Embedded {
         let reader = connect(&path, READ_BUSY_TIMEOUT).with_context(what)?;
         let checkpointer = start_checkpointer(&path)?;
         let (writes, queue) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-        let writer = Thread::spawn("kv-writer", move |_stop| write_groups(writer, queue))?;
-        let db = Arc::new(Db { reader: Mutex::new(reader) });
+        let db = Arc::new(Db { reader: Mutex::new(reader), writer: Mutex::new(writer) });
+        let for_writer = db.clone();
+        let writer = Thread::spawn("kv-writer", move |_stop| write_groups(&for_writer.writer, queue))?;
         Ok(Self { db, writes, path, _writer: writer, _checkpointer: checkpointer })
     }
 
@@ -145,10 +152,23 @@ impl Embedded {
 
     /// Run `run` on the writer thread, inside its next transaction, and
     /// return its result once that transaction is committed.
+    ///
+    /// When the writer is idle and nothing is queued, the caller commits
+    /// the write itself, here, without waiting for any lock (another
+    /// process's included): no thread switch, and a UDP request stays in
+    /// its receive batch. Under load, writes queue and commit in groups.
     async fn write(&self, run: impl FnOnce(&Connection) -> Result<u64, Error> + Send + 'static) -> Result<u64, Error> {
+        let idle = self.writes.capacity() == self.writes.max_capacity();
+        let run = match self.db.writer.try_lock() {
+            Ok(mut conn) if idle => match commit_here(&mut conn, run) {
+                Ok(result) => return result,
+                Err(run) => run,
+            },
+            _ => Box::new(run),
+        };
         let (reply, result) = tokio::sync::oneshot::channel();
         let gone = || Error::Other("embedded store: the writer thread has stopped".into());
-        self.writes.send(Write { run: Box::new(run), reply }).await.map_err(|_| gone())?;
+        self.writes.send(Write { run, reply }).await.map_err(|_| gone())?;
         result.await.map_err(|_| gone())?
     }
 
@@ -275,7 +295,7 @@ fn select_value(conn: &Connection, b: &BucketId, key: &str) -> Result<Option<Vec
 
 /// The writer thread: take the writes queued up, run each in a savepoint
 /// of one transaction, commit, then answer them all.
-fn write_groups(mut conn: Connection, mut queue: tokio::sync::mpsc::Receiver<Write>) {
+fn write_groups(writer: &Mutex<Connection>, mut queue: tokio::sync::mpsc::Receiver<Write>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut results = Vec::with_capacity(MAX_GROUP);
     // Ends when the store is dropped (every sender gone).
@@ -287,7 +307,12 @@ fn write_groups(mut conn: Connection, mut queue: tokio::sync::mpsc::Receiver<Wri
                 Err(_) => break,
             }
         }
-        let committed = run_group(&mut conn, &mut group, &mut results);
+        let committed = {
+            let mut conn = lock(writer);
+            // The thread may wait for another process's lock.
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            run_group(&mut conn, &mut group, &mut results)
+        };
         // If the transaction could not even begin, the group is still
         // there: every write in it gets the error.
         for write in group.drain(..) {
@@ -300,6 +325,22 @@ fn write_groups(mut conn: Connection, mut queue: tokio::sync::mpsc::Receiver<Wri
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<u64, Error>>;
+
+/// Commit `run` alone on `conn` if the file's write lock is free right now;
+/// if it is not (another process writes), give `run` back, not run.
+fn commit_here(
+    conn: &mut Connection,
+    run: impl FnOnce(&Connection) -> Result<u64, Error> + Send + 'static,
+) -> Result<Result<u64, Error>, WriteFn> {
+    let _ = conn.busy_timeout(Duration::ZERO);
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(_) => return Err(Box::new(run)),
+    };
+    let result = run(&tx);
+    // Dropping `tx` without a commit rolls the failed write back.
+    Ok(result.and_then(|n| tx.commit().map(|()| n).map_err(fail)))
+}
 
 /// Run `group` in one transaction, each write in a savepoint of its own;
 /// its results go to `results`, to be sent once the commit is known.
@@ -411,7 +452,7 @@ fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> 
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Checkpoints run on their own thread ([`Checkpointer`]), never in a
+    // Checkpoints run on their own thread ([`start_checkpointer`]), never in a
     // request's commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Truncate the WAL back to this size after a checkpoint, so one burst
