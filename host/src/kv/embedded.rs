@@ -23,7 +23,7 @@
 //! WAL mode a reader does not wait for a writer) and run on the calling
 //! thread when that connection is free, else on the blocking pool.
 //! Checkpoints, which `fsync`, run on a thread of their own
-//! ([`start_checkpointer`]): with SQLite's automatic checkpoint, one commit
+//! (`start_checkpointer`): with SQLite's automatic checkpoint, one commit
 //! in about a thousand paid 3 to 7 ms for it (measured, README "State and
 //! configuration"). Several host processes may share one data directory
 //! (during an upgrade, say): SQLite locks the file between them.
@@ -452,7 +452,7 @@ fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> 
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Checkpoints run on their own thread ([`start_checkpointer`]), never in a
+    // Checkpoints run on their own thread (`start_checkpointer`), never in a
     // request's commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Truncate the WAL back to this size after a checkpoint, so one burst
