@@ -300,6 +300,9 @@ fn write_groups(writer: &Mutex<Connection>, mut queue: tokio::sync::mpsc::Receiv
     let mut results = Vec::with_capacity(MAX_GROUP);
     // Ends when the store is dropped (every sender gone).
     while let Some(first) = queue.blocking_recv() {
+        // The lock first (a caller may be committing on its own): the
+        // group is then everything that queued up meanwhile.
+        let mut conn = lock(writer);
         group.push(first);
         while group.len() < MAX_GROUP {
             match queue.try_recv() {
@@ -307,12 +310,10 @@ fn write_groups(writer: &Mutex<Connection>, mut queue: tokio::sync::mpsc::Receiv
                 Err(_) => break,
             }
         }
-        let committed = {
-            let mut conn = lock(writer);
-            // The thread may wait for another process's lock.
-            let _ = conn.busy_timeout(BUSY_TIMEOUT);
-            run_group(&mut conn, &mut group, &mut results)
-        };
+        // The thread may wait for another process's lock.
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        let committed = run_group(&mut conn, &mut group, &mut results);
+        drop(conn);
         // If the transaction could not even begin, the group is still
         // there: every write in it gets the error.
         for write in group.drain(..) {
@@ -562,6 +563,39 @@ mod tests {
         let keys = vec!["k".to_string(), "k".to_string(), "none".to_string()];
         assert_eq!(s.get_many(&a, keys.clone(), 4).await.unwrap(), [Some(b"v1".to_vec()), Some(b"v1".to_vec()), None]);
         assert!(matches!(s.get_many(&a, keys, 3).await, Err(Error::Other(m)) if m.contains("bytes")));
+    }
+
+    /// While the writer is busy, writes queue and commit as one group; one
+    /// that fails undoes only itself, and each is answered after the commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_commit_as_a_group_and_a_failing_one_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Embedded::open(dir.path()).unwrap());
+        let a = bucket("svc", "default");
+        let busy = s.db.writer.lock().unwrap();
+        let mut increments = Vec::new();
+        for _ in 0..10 {
+            let (s, a) = (s.clone(), a.clone());
+            increments.push(tokio::spawn(async move { s.increment(&a, "n", 1, 1 << 20).await }));
+        }
+        let over = {
+            let (s, a) = (s.clone(), a.clone());
+            tokio::spawn(async move { s.set(&a, "big", vec![0; 100], 50).await })
+        };
+        // The writer thread has taken the first and waits for the lock.
+        while s.writes.max_capacity() - s.writes.capacity() < 10 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(busy);
+        let mut counts = Vec::new();
+        for task in increments {
+            counts.push(task.await.unwrap().unwrap());
+        }
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=10).collect::<Vec<_>>());
+        assert!(matches!(over.await.unwrap(), Err(Error::Other(m)) if m.contains("over its cap")));
+        assert_eq!(s.get(&a, "big").await.unwrap(), None);
+        assert_eq!(s.get(&a, "n").await.unwrap().as_deref(), Some(&b"10"[..]));
     }
 
     #[tokio::test]
