@@ -572,7 +572,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(Embedded::open(dir.path()).unwrap());
         let a = bucket("svc", "default");
-        let busy = s.db.writer.lock().unwrap();
+        // Another thread holds the writer's lock, as a caller committing
+        // on its own would.
+        let (release, released) = mpsc::channel::<()>();
+        let (locked, is_locked) = mpsc::channel::<()>();
+        let db = s.db.clone();
+        let holder = std::thread::spawn(move || {
+            let _busy = db.writer.lock().unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_locked.recv().unwrap();
         let mut increments = Vec::new();
         for _ in 0..10 {
             let (s, a) = (s.clone(), a.clone());
@@ -586,7 +596,8 @@ mod tests {
         while s.writes.max_capacity() - s.writes.capacity() < 10 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        drop(busy);
+        release.send(()).unwrap();
+        holder.join().unwrap();
         let mut counts = Vec::new();
         for task in increments {
             counts.push(task.await.unwrap().unwrap());
