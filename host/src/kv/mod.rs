@@ -78,7 +78,8 @@ fn overflow(key: &str) -> Error {
     Error::Other(format!("incrementing key {key:?} overflows"))
 }
 
-fn over_read(max: usize) -> Error {
+/// The error of a read over the call's budget of `max` bytes.
+pub(crate) fn over_read(max: usize) -> Error {
     Error::Other(format!("the values read in this call add up to more than {max} bytes (--max-memory)"))
 }
 

@@ -155,10 +155,7 @@ impl ServicesState {
             }
             None => {
                 self.read_left = 0;
-                Err(kv::Error::Other(format!(
-                    "the values read in this call add up to more than {} bytes (--max-memory)",
-                    self.max_read
-                )))
+                Err(kv::over_read(self.max_read))
             }
         }
     }
