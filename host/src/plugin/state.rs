@@ -25,7 +25,7 @@ pub(crate) fn add_log_to_linker(linker: &mut wasmtime::component::Linker<HostSta
             // UTF-8 (what Rust, C, Python and JavaScript components use) is
             // borrowed from guest memory; other encodings are transcoded.
             let text = message.to_str(&store)?;
-            store.data().log(level, &text);
+            store.data().log(logging_level(level), None, &text);
             Ok(())
         })?;
     }
@@ -35,7 +35,7 @@ pub(crate) fn add_log_to_linker(linker: &mut wasmtime::component::Linker<HostSta
     logging.func_wrap("log", |store, (level, context, message): (LoggingLevel, WasmStr, WasmStr)| {
         let context = context.to_str(&store)?;
         let message = message.to_str(&store)?;
-        store.data().log_with_context(level, &context, &message);
+        store.data().log(level, Some(&context), &message);
         Ok(())
     })?;
     Ok(())
@@ -117,37 +117,12 @@ impl WasiView for HostState {
 }
 
 impl HostState {
-    /// The plugin's `log` import: `message` is still in guest memory, and
-    /// only its first [`MAX_LOG_MESSAGE`] bytes are copied.
-    fn log(&self, level: bindings::Level, message: &str) {
-        use bindings::Level;
-        use tracing::Level as L;
-        let info = &self.info;
-        let (name, version, len) = (&info.name, &info.version, message.len());
-        let at = match level {
-            Level::Trace => L::TRACE,
-            Level::Debug => L::DEBUG,
-            Level::Info => L::INFO,
-            Level::Warn => L::WARN,
-            Level::Error => L::ERROR,
-        };
-        info.log_line(at, |suppressed| {
-            let message = prefix(message, MAX_LOG_MESSAGE);
-            let cut = if message.len() < len { "..." } else { "" };
-            match level {
-                Level::Trace => tracing::trace!(plugin = %name, %version, suppressed, "{message}{cut}"),
-                Level::Debug => tracing::debug!(plugin = %name, %version, suppressed, "{message}{cut}"),
-                Level::Info => tracing::info!(plugin = %name, %version, suppressed, "{message}{cut}"),
-                Level::Warn => tracing::warn!(plugin = %name, %version, suppressed, "{message}{cut}"),
-                Level::Error => tracing::error!(plugin = %name, %version, suppressed, "{message}{cut}"),
-            }
-        });
-    }
-
-    /// The plugin's `wasi:logging` import: like [`Self::log`], with the
-    /// plugin's `context` as a field (cut to 128 bytes). `critical` is
-    /// logged as an error with `critical=true`.
-    fn log_with_context(&self, level: LoggingLevel, context: &str, message: &str) {
+    /// A line the plugin logs, through `log` (no `context`) or
+    /// `wasi:logging`: `message` and `context` are still in guest memory,
+    /// and only their first [`MAX_LOG_MESSAGE`] and [`MAX_LOG_CONTEXT`]
+    /// bytes are copied. `critical` is logged as an error with
+    /// `critical=true`.
+    fn log(&self, level: LoggingLevel, context: Option<&str>, message: &str) {
         use tracing::Level as L;
         let info = &self.info;
         let (name, version, len) = (&info.name, &info.version, message.len());
@@ -161,24 +136,30 @@ impl HostState {
         info.log_line(at, |suppressed| {
             let message = prefix(message, MAX_LOG_MESSAGE);
             let cut = if message.len() < len { "..." } else { "" };
-            let context = prefix(context, MAX_LOG_CONTEXT);
-            match level {
-                LoggingLevel::Trace => {
-                    tracing::trace!(plugin = %name, %version, context, suppressed, "{message}{cut}")
-                }
-                LoggingLevel::Debug => {
-                    tracing::debug!(plugin = %name, %version, context, suppressed, "{message}{cut}")
-                }
-                LoggingLevel::Info => tracing::info!(plugin = %name, %version, context, suppressed, "{message}{cut}"),
-                LoggingLevel::Warn => tracing::warn!(plugin = %name, %version, context, suppressed, "{message}{cut}"),
-                LoggingLevel::Error => {
-                    tracing::error!(plugin = %name, %version, context, suppressed, "{message}{cut}")
-                }
-                LoggingLevel::Critical => {
-                    tracing::error!(plugin = %name, %version, context, critical = true, suppressed, "{message}{cut}")
-                }
+            // `None` fields are left out of the line.
+            let context = context.map(|c| prefix(c, MAX_LOG_CONTEXT));
+            let critical = (level == LoggingLevel::Critical).then_some(true);
+            match at {
+                L::TRACE => tracing::trace!(plugin = %name, %version, context, critical, suppressed, "{message}{cut}"),
+                L::DEBUG => tracing::debug!(plugin = %name, %version, context, critical, suppressed, "{message}{cut}"),
+                L::INFO => tracing::info!(plugin = %name, %version, context, critical, suppressed, "{message}{cut}"),
+                L::WARN => tracing::warn!(plugin = %name, %version, context, critical, suppressed, "{message}{cut}"),
+                _ => tracing::error!(plugin = %name, %version, context, critical, suppressed, "{message}{cut}"),
             }
         });
+    }
+}
+
+/// The project's `log` level as the `wasi:logging` one: the same five
+/// levels, and no `critical`.
+fn logging_level(level: bindings::Level) -> LoggingLevel {
+    use bindings::Level;
+    match level {
+        Level::Trace => LoggingLevel::Trace,
+        Level::Debug => LoggingLevel::Debug,
+        Level::Info => LoggingLevel::Info,
+        Level::Warn => LoggingLevel::Warn,
+        Level::Error => LoggingLevel::Error,
     }
 }
 
