@@ -55,6 +55,27 @@ pub struct Options {
     pub kv_only: bool,
 }
 
+#[cfg(test)]
+impl Options {
+    /// Small options for unit tests of the command lines and plans.
+    pub(crate) fn for_tests() -> Self {
+        Options {
+            host: "host".into(),
+            plugin: "echo.wasm".into(),
+            conn_plugin: "line-echo.wasm".into(),
+            rounds: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            starts: 1,
+            first_replies: 1,
+            workers: 2,
+            load_workers: 1,
+            kv: None,
+            kv_only: false,
+        }
+    }
+}
+
 /// `--instance-reuse` of the reusing host: in effect, never replace an instance.
 const REUSE: u64 = 1_000_000;
 /// Connections held open for the memory row.
@@ -640,20 +661,7 @@ mod tests {
 
     #[test]
     fn each_server_gets_its_plugin_and_flags() {
-        let options = Options {
-            host: "host".into(),
-            plugin: "echo.wasm".into(),
-            conn_plugin: "line-echo.wasm".into(),
-            rounds: 1,
-            duration: Duration::from_secs(1),
-            warmup: Duration::ZERO,
-            starts: 1,
-            first_replies: 1,
-            workers: 2,
-            load_workers: 1,
-            kv: None,
-            kv_only: false,
-        };
+        let options = Options::for_tests();
         let args = |server| {
             let c = command(server, &options, Path::new("/cache"), loopback(7)).unwrap();
             c.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")

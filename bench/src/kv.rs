@@ -565,23 +565,6 @@ fn group(n: u64) -> String {
 mod tests {
     use super::*;
 
-    fn options() -> compare::Options {
-        compare::Options {
-            host: "host".into(),
-            plugin: "echo.wasm".into(),
-            conn_plugin: "line-echo.wasm".into(),
-            rounds: 1,
-            duration: Duration::from_secs(1),
-            warmup: Duration::ZERO,
-            starts: 1,
-            first_replies: 1,
-            workers: 2,
-            load_workers: 1,
-            kv: None,
-            kv_only: false,
-        }
-    }
-
     fn args(c: &Command) -> String {
         c.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
     }
@@ -591,25 +574,32 @@ mod tests {
         let dirs = tempfile::tempdir().unwrap();
         let kv = Options { plugin: "kv-probe.wasm".into(), redis_server: "redis-server".into() };
         let cache = Path::new("/cache");
-        let echo = args(&command(Column::Echo, &options(), &kv, cache, dirs.path(), None).unwrap());
+        let echo = args(&command(Column::Echo, &compare::Options::for_tests(), &kv, cache, dirs.path(), None).unwrap());
         assert!(echo.starts_with("--plugin echo.wasm --cache-dir /cache --data-dir "), "{echo}");
         assert!(echo.contains("--workers 2 --udp 127.0.0.1:0"), "{echo}");
-        let embedded = args(&command(Column::Embedded, &options(), &kv, cache, dirs.path(), None).unwrap());
+        let embedded =
+            args(&command(Column::Embedded, &compare::Options::for_tests(), &kv, cache, dirs.path(), None).unwrap());
         assert!(embedded.starts_with("--plugin kv-probe.wasm --cache-dir /cache --data-dir "), "{embedded}");
         assert!(!embedded.contains("--kv "), "{embedded}");
         // The Redis host needs its Redis server.
-        assert!(command(Column::Redis, &options(), &kv, cache, dirs.path(), None).is_err());
+        assert!(command(Column::Redis, &compare::Options::for_tests(), &kv, cache, dirs.path(), None).is_err());
         // Each data dir is its own.
         assert!(dirs.path().join("echo").is_dir() && dirs.path().join("embedded").is_dir());
     }
 
     #[test]
     fn counters_reply_numbers_and_the_others_echo() {
-        let s = spec(Column::Redis, loopback(9), &options());
+        let s = spec(Column::Redis, loopback(9), &compare::Options::for_tests());
         assert_eq!(s.fixed, Some(FixedRequest::new("incr counter", ReplyCheck::Integer)));
         assert_eq!((s.conns, s.inflight), (16, 4));
-        assert_eq!(spec(Column::Echo, loopback(9), &options()).fixed.unwrap().reply, ReplyCheck::Echo);
-        assert_eq!(spec(Column::Native, loopback(9), &options()).fixed.unwrap().reply, ReplyCheck::Echo);
+        assert_eq!(
+            spec(Column::Echo, loopback(9), &compare::Options::for_tests()).fixed.unwrap().reply,
+            ReplyCheck::Echo
+        );
+        assert_eq!(
+            spec(Column::Native, loopback(9), &compare::Options::for_tests()).fixed.unwrap().reply,
+            ReplyCheck::Echo
+        );
     }
 
     #[test]
