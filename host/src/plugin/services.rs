@@ -200,6 +200,14 @@ impl ServicesState {
         Ok(())
     }
 
+    /// The checks of an operation on one key: one operation from the
+    /// budget, the key's size, the bucket handle.
+    fn one_key(&mut self, bucket: &Resource<Bucket>, key: &str) -> Result<BucketId, kv::Error> {
+        self.spend(1)?;
+        self.key_ok(key)?;
+        self.bucket(bucket)
+    }
+
     fn bucket(&self, b: &Resource<Bucket>) -> Result<BucketId, kv::Error> {
         self.table.get(b).map(|b| b.0.clone()).map_err(kv::Error::other)
     }
@@ -269,9 +277,7 @@ impl store::Host for ServicesState {
 impl store::HostBucket for ServicesState {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
         let result = async {
-            self.spend(1)?;
-            self.key_ok(&key)?;
-            let b = self.bucket(&bucket)?;
+            let b = self.one_key(&bucket, &key)?;
             let value = self.store().get(&b, &key).await?;
             self.read(value.as_ref().map_or(0, Vec::len), value)
         }
@@ -281,10 +287,8 @@ impl store::HostBucket for ServicesState {
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
         let result = async {
-            self.spend(1)?;
-            self.key_ok(&key)?;
+            let b = self.one_key(&bucket, &key)?;
             self.value_ok(&value)?;
-            let b = self.bucket(&bucket)?;
             self.store().set(&b, &key, value, self.max_bucket()).await
         }
         .await;
@@ -293,9 +297,7 @@ impl store::HostBucket for ServicesState {
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), kv::Error> {
         let result = async {
-            self.spend(1)?;
-            self.key_ok(&key)?;
-            let b = self.bucket(&bucket)?;
+            let b = self.one_key(&bucket, &key)?;
             self.store().delete(&b, &key).await
         }
         .await;
@@ -304,9 +306,7 @@ impl store::HostBucket for ServicesState {
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, kv::Error> {
         let result = async {
-            self.spend(1)?;
-            self.key_ok(&key)?;
-            let b = self.bucket(&bucket)?;
+            let b = self.one_key(&bucket, &key)?;
             self.store().exists(&b, &key).await
         }
         .await;
@@ -338,9 +338,7 @@ impl store::HostBucket for ServicesState {
 impl atomics::Host for ServicesState {
     async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> Result<u64, kv::Error> {
         let result = async {
-            self.spend(1)?;
-            self.key_ok(&key)?;
-            let b = self.bucket(&bucket)?;
+            let b = self.one_key(&bucket, &key)?;
             self.store().increment(&b, &key, delta, self.max_bucket()).await
         }
         .await;
