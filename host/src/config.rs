@@ -44,6 +44,21 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
 /// rollout is complete within minutes.
 pub const DEFAULT_RELOAD_GRACE: &str = "10m";
 
+/// The compile cache's size bound (`--cache-max-size`).
+pub const DEFAULT_CACHE_MAX_SIZE: &str = "1GiB";
+
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human text, one event per line.
+    #[default]
+    Text,
+    /// One JSON object per line, with fields for service, plugin, version
+    /// and peer.
+    Json,
+}
+
 /// How many plugin instances serve the frames of one TCP connection (the
 /// `handler` world; a `connection-handler` plugin always has one instance
 /// per connection).
@@ -60,14 +75,51 @@ pub enum TcpIsolation {
 }
 
 /// `host`: serve a WebAssembly component plugin over UDP and TCP.
-#[derive(Clone, Debug, Parser)]
+#[derive(Clone, Debug, PartialEq, Parser)]
 #[command(name = "host", version, about, long_about = None)]
 pub struct Config {
     /// The plugin: a WebAssembly component (`.wasm`) implementing the world
     /// `sockets:plugin/handler` (0.1.0 or 0.2.0) or
     /// `sockets:plugin/connection-handler@0.2.0` (TCP only).
-    #[arg(long, value_name = "PATH")]
-    pub plugin: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config", conflicts_with = "config")]
+    pub plugin: Option<PathBuf>,
+
+    /// Serve the services a services file describes (TOML; see the README,
+    /// "Operating it") instead of one `--plugin`. SIGHUP and a change to
+    /// the file reload it.
+    #[arg(long, value_name = "FILE", help_heading = "Operations")]
+    pub config: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (`/metrics`), health (`/healthz`,
+    /// `/readyz`) and status (`/status`, JSON) over HTTP on ADDR.
+    #[arg(long, value_name = "ADDR", help_heading = "Operations")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Log lines as human text or as one JSON object per line.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, help_heading = "Operations")]
+    pub log_format: LogFormat,
+
+    /// Bind with SO_REUSEPORT so that a second host can serve the same
+    /// addresses: start the new one, wait for it to be ready, then SIGTERM
+    /// the old one (a zero-downtime upgrade of the host binary).
+    #[arg(long, help_heading = "Operations")]
+    pub reuse_port: bool,
+
+    /// After binding, run as this user (USER or USER:GROUP, names or
+    /// numbers), e.g. to serve port 53 without staying root.
+    #[arg(long, value_name = "USER[:GROUP]", help_heading = "Operations")]
+    pub user: Option<String>,
+
+    /// Requests per second each UDP source address may make (a burst of as
+    /// many is allowed); datagrams over it are dropped, uncounted by the
+    /// plugin. 0 turns the limit off.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Operations")]
+    pub udp_source_rate: u32,
+
+    /// Most bytes the compile cache keeps; the least recently used
+    /// plugins are evicted beyond it.
+    #[arg(long, value_name = "BYTES", default_value = DEFAULT_CACHE_MAX_SIZE, value_parser = parse_bytes, help_heading = "Operations")]
+    pub cache_max_size: usize,
 
     /// Serve UDP and TCP on ADDR (repeatable). Port 0 picks a free port; the
     /// chosen address is logged as `listening udp|tcp ADDR`.
@@ -223,6 +275,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The plugin file (`--plugin`, or a service's `plugin` in the
+    /// services file).
+    pub fn plugin_path(&self) -> anyhow::Result<&std::path::Path> {
+        self.plugin.as_deref().ok_or_else(|| anyhow::anyhow!("no plugin: give --plugin PATH or --config FILE"))
+    }
+
     /// The (transport, address) pairs to bind, in the order given, with the
     /// default address when none was given.
     pub fn bind_list(&self) -> Vec<(crate::request::Transport, SocketAddr)> {

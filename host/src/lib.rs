@@ -32,6 +32,7 @@ mod ratelimit;
 pub mod reload;
 pub mod request;
 pub mod stats;
+pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -87,10 +88,11 @@ impl Server {
         let services = Arc::new(open_services(&config, stats.clone()).await?);
         let loader =
             Arc::new(Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), services)?);
-        let plugin = loader.load(&config.plugin, &dispatch::call_limits(&config)).await?;
+        let path = config.plugin_path()?.to_path_buf();
+        let plugin = loader.load(&path, &dispatch::call_limits(&config)).await?;
         let bound = fit_to_world(bound, &config, &plugin)?;
         let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
-        let reloader = Reloader::new(config.plugin.clone(), loader, dispatcher.clone(), stats.clone());
+        let reloader = Reloader::new(path, loader, dispatcher.clone(), stats.clone());
         Ok(Server { config, bound, dispatcher, reloader, _ticker: ticker, stats })
     }
 
@@ -248,7 +250,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// The host services for the plugin: its namespace, buckets, limits and
 /// variables, on the store `--kv` (or the data directory) names.
 async fn open_services(config: &Config, stats: Arc<Stats>) -> anyhow::Result<plugin::services::Services> {
-    let stem = config.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = config.plugin_path()?.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let namespace = match &config.name {
         Some(name) => name.clone(),
         None => {

@@ -20,6 +20,21 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: u64,)*
         }
 
+        impl Snapshot {
+            fn as_array(&self) -> Vec<u64> {
+                vec![$(self.$name,)*]
+            }
+
+            fn as_array_mut(&mut self) -> Vec<&mut u64> {
+                vec![$(&mut self.$name,)*]
+            }
+
+            /// Every counter by name, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+
         impl Stats {
             /// Read every counter.
             pub fn snapshot(&self) -> Snapshot {
@@ -101,4 +116,66 @@ impl Stats {
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
+}
+
+impl std::ops::AddAssign for Snapshot {
+    fn add_assign(&mut self, other: Snapshot) {
+        let a = self.as_array_mut();
+        for (x, y) in a.into_iter().zip(other.as_array()) {
+            *x += y;
+        }
+    }
+}
+
+/// Upper bounds of the [`Histogram`] buckets, in microseconds: 10 µs to
+/// 10 s in 1-2.5-5 steps (a call is cut off at `--timeout`, 500 ms by
+/// default; the tail buckets catch longer timeouts).
+pub const HISTOGRAM_BOUNDS_US: [u64; 19] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with fixed buckets ([`HISTOGRAM_BOUNDS_US`] and one
+/// for anything longer): an observation is two relaxed atomic adds.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is over 10 s.
+    buckets: [AtomicU64; HISTOGRAM_BOUNDS_US.len() + 1],
+    /// Sum of every observation, in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Count one observation.
+    #[inline]
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        let i = HISTOGRAM_BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    /// Read it.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(HISTOGRAM_BOUNDS_US.len());
+        for (bound, n) in HISTOGRAM_BOUNDS_US.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            buckets.push((*bound as f64 / 1e6, cumulative));
+        }
+        let count = cumulative + self.buckets[HISTOGRAM_BOUNDS_US.len()].load(Relaxed);
+        HistogramSnapshot { buckets, count, sum_seconds: self.sum_ns.load(Relaxed) as f64 / 1e9 }
+    }
+}
+
+/// A [`Histogram`] at one moment, in the shape Prometheus expects.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound in seconds, observations at or below it), ascending;
+    /// `+Inf` is [`Self::count`].
+    pub buckets: Vec<(f64, u64)>,
+    /// Observations in all.
+    pub count: u64,
+    /// Their sum, in seconds.
+    pub sum_seconds: f64,
 }
