@@ -29,8 +29,12 @@ mod listener;
 pub mod logline;
 pub mod plugin;
 mod ratelimit;
+mod systemd;
+pub mod admin;
 pub mod reload;
 pub mod request;
+pub mod service;
+pub mod servicefile;
 pub mod stats;
 pub mod status;
 
@@ -38,206 +42,330 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 pub use request::{Request, Transport};
 pub use stats::{Snapshot, Stats};
 
-use dispatch::Dispatcher;
-use listener::{Bound, ListenerContext};
-use plugin::admission::Admission;
-use plugin::engine::{EngineLimits, EpochTicker, new_engine};
-use plugin::loader::Loader;
-use reload::{ReloadHandle, Reloader};
+use reload::Trigger;
+use service::{Running, Service};
+use status::{Inventory, ServiceStatus};
 
-/// A server with its plugin loaded and its sockets bound, not yet serving.
+/// A host with every service bound and loaded, not yet serving: the one
+/// plugin of the command line, or the services of a services file.
 pub struct Server {
+    /// The command line (host-wide settings; `--config`).
     config: Config,
-    bound: Vec<Bound>,
-    dispatcher: Arc<Dispatcher>,
-    reloader: Reloader,
-    _ticker: EpochTicker,
-    stats: Arc<Stats>,
+    /// The services file, if one was given.
+    file: Option<servicefile::ServicesFile>,
+    services: Vec<Service>,
 }
 
 impl Server {
-    /// Load the plugin and bind every address. Fails, with a message naming
-    /// the file or address, if either cannot be done.
+    /// Load every plugin and bind every address. Fails, with a message
+    /// naming the file or address, if any cannot be done.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        // Bind first: an address in use is reported at once, not after a
-        // plugin has compiled for seconds. Until serving starts, TCP is not
-        // listening (connections are refused) and datagrams wait in the
-        // kernel's queue.
-        let mut bound = Vec::new();
-        let workers = config.workers.unwrap_or_else(default_workers);
-        for (transport, addr) in config.bind_list() {
-            let b = listener::bind(transport, addr, workers)?;
-            tracing::info!("bound {transport} {}; serving once the plugin is loaded", b.local_addr());
-            bound.push(b);
-        }
-        let stats = Arc::new(Stats::default());
-        let limits = EngineLimits {
-            max_memory: config.max_memory,
-            max_instances: config.max_instances,
-            fuel: config.fuel.is_some(),
+        let (file, configs) = match &config.config {
+            Some(path) => {
+                let file = servicefile::with_command_line(servicefile::load(path)?, &config)?;
+                let configs = file.services.clone();
+                (Some(file), configs)
+            }
+            None => (None, vec![config.clone()]),
         };
-        let engine = new_engine(limits)?;
-        let ticker = EpochTicker::start(&engine)?;
-        let services = Arc::new(open_services(&config, stats.clone()).await?);
-        let loader =
-            Arc::new(Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), services)?);
-        let path = config.plugin_path()?.to_path_buf();
-        let plugin = loader.load(&path, &dispatch::call_limits(&config)).await?;
-        let bound = fit_to_world(bound, &config, &plugin)?;
-        let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
-        let reloader = Reloader::new(path, loader, dispatcher.clone(), stats.clone());
-        Ok(Server { config, bound, dispatcher, reloader, _ticker: ticker, stats })
+        let mut services = Vec::with_capacity(configs.len());
+        for c in configs {
+            services.push(Service::bind(c).await?);
+        }
+        Ok(Server { config, file, services })
     }
 
-    /// The bound addresses, with any port 0 resolved.
+    /// The bound addresses of every service, with any port 0 resolved.
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
-        self.bound.iter().map(|b| (b.transport(), b.local_addr())).collect()
+        self.services.iter().flat_map(|s| s.local_addrs()).collect()
     }
 
-    /// The counters.
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
-    }
-
-    /// A handle that reloads the plugin file, as SIGHUP does.
-    pub fn reload_handle(&self) -> ReloadHandle {
-        self.reloader.handle()
+    /// A handle that reloads the (first) service's plugin file, as SIGHUP
+    /// does.
+    pub fn reload_handle(&self) -> Option<reload::ReloadHandle> {
+        self.services.first().map(|s| s.reload_handle())
     }
 
     /// Serve until `shutdown` completes, then stop accepting, let in-flight
-    /// requests finish for up to `--drain-timeout`, and return the counters.
+    /// requests finish for up to `--drain-timeout`, and return the counters
+    /// of every service together.
     ///
-    /// While serving, the plugin is reloaded when its file changes (unless
-    /// `--no-watch`) and on SIGHUP, and SIGUSR1 logs the counters.
+    /// While serving, plugins are reloaded when their files change (unless
+    /// `--no-watch`) and on SIGHUP, the services file too, and SIGUSR1 logs
+    /// the counters.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Snapshot> {
-        let Server { config, bound, dispatcher, reloader, stats, .. } = self;
+        let Server { config, file, services } = self;
+        let settings = file.as_ref().map_or(&config, |f| &f.host).clone();
         let token = CancellationToken::new();
-        // Installed here, before `ready` is logged: a SIGUSR1 that arrives
-        // before the handler exists would kill the process.
-        let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-            .map_err(|e| anyhow::anyhow!("cannot install a SIGUSR1 handler: {e}"))?;
-        let reload_task = reloader.start(!config.no_watch, token.clone())?;
-        let reload_task = tokio::spawn(reload_task);
-        let stats_task = tokio::spawn(dump_stats_on_sigusr1(usr1, stats.clone(), token.clone()));
-        let expiry_task = tokio::spawn(expire_idle_instances(dispatcher.clone(), config.instance_reuse, token.clone()));
-        let tracker = TaskTracker::new();
-        let ctx = Arc::new(ListenerContext::new(&config, dispatcher.clone(), tracker.clone()));
-        for b in bound {
-            // `listen` can still fail here: another socket with
-            // SO_REUSEADDR may have bound the port, and listened, while the
-            // plugin loaded. Stop everything already started, then say so.
-            if let Err(e) = b.serve(&ctx, token.clone()) {
-                token.cancel();
-                tracker.close();
-                tracker.wait().await;
-                return Err(e);
+        // Installed here, before `ready` is logged: a signal that arrives
+        // before its handler exists would kill the process.
+        let usr1 = signal(SignalKind::user_defined1(), "SIGUSR1")?;
+        let hup = match &file {
+            Some(_) => Some(signal(SignalKind::hangup(), "SIGHUP")?),
+            None => None,
+        };
+        let admin = match settings.metrics {
+            Some(addr) => Some(admin::bind(addr).await?),
+            None => None,
+        };
+        let registry = Arc::new(Registry::default());
+        for service in services {
+            match service.serve(&token).await {
+                Ok(running) => registry.services.lock().expect("registry lock").push(running),
+                Err(e) => {
+                    registry.stop_all(std::time::Duration::ZERO).await;
+                    return Err(e);
+                }
             }
         }
-        let info = dispatcher.versions().current().plugin().info().clone();
-        tracing::info!("ready: serving plugin {} version {}", info.name, info.version);
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight requests for up to {:?}", config.drain_timeout);
-        token.cancel();
-        tracker.close();
-        if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
-            tracing::warn!("drain timeout: {} tasks still running are abandoned", tracker.len());
+        let mut tasks = vec![tokio::spawn(dump_stats_on_sigusr1(usr1, registry.clone(), token.clone()))];
+        if let Some(listener) = admin {
+            tracing::info!("admin listening http://{}", listener.local_addr()?);
+            let inventory: Arc<dyn Inventory> = registry.clone();
+            tasks.push(tokio::spawn(admin::serve(listener, inventory, token.clone())));
         }
-        // The reload task ends at `token`, abandoning a compile in progress;
-        // aborting it too means no reload can hold up the exit.
-        reload_task.abort();
-        let _ = tokio::join!(reload_task, stats_task, expiry_task);
-        let snapshot = stats.snapshot();
+        if let (Some(file), Some(hup)) = (file, hup) {
+            let reload = reload_services_file(config.clone(), file, hup, registry.clone(), token.clone())?;
+            tasks.push(tokio::spawn(reload));
+        }
+        tracing::info!("ready: {}", registry.describe());
+        systemd::notify_ready();
+        shutdown.await;
+        systemd::notify_stopping();
+        tracing::info!("shutting down: draining in-flight requests for up to {:?}", settings.drain_timeout);
+        token.cancel();
+        let snapshot = registry.stop_all(settings.drain_timeout).await;
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
         tracing::info!("stats {snapshot}");
         Ok(snapshot)
     }
 }
 
-/// Keep the bound addresses the plugin's world can serve: a
-/// `connection-handler` plugin serves TCP only, so the UDP half of a
-/// `--listen` (or of the default address) is let go, and `--udp` is an
-/// error.
-fn fit_to_world(bound: Vec<Bound>, config: &Config, plugin: &plugin::Plugin) -> anyhow::Result<Vec<Bound>> {
-    let info = plugin.info();
-    let per_connection =
-        plugin.world() == plugin::World::Connection || config.tcp_isolation == config::TcpIsolation::Connection;
-    if per_connection && let Some(fit) = tcp_connections_per_pool(config, plugin) {
-        tracing::info!(
-            "--max-connections is {} but the instance pool holds {fit} instances of plugin {}, one per \
-             connection: further connections wait for one (raise --max-instances)",
-            config.max_connections,
-            info.name
-        );
-    }
-    if plugin.world() == plugin::World::Handler {
-        if config.framing == config::Framing::Raw {
-            tracing::info!(
-                "--framing raw: each TCP read is one request, split wherever the stream was split, each in a \
-                 fresh call; a stream protocol (HTTP/1.1, RESP, ...) needs a connection-handler plugin"
-            );
+fn signal(kind: SignalKind, name: &str) -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).map_err(|e| anyhow::anyhow!("cannot install a {name} handler: {e}"))
+}
+
+/// The running services: what `/status`, `/metrics` and SIGUSR1 report,
+/// and what a reload of the services file changes.
+#[derive(Default)]
+struct Registry {
+    services: Mutex<Vec<Running>>,
+    /// Reloads of the services file: applied, refused.
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+}
+
+impl Registry {
+    /// `serving plugin echo version 0123456789ab`, or `serving 3 services:
+    /// a, b, c`.
+    fn describe(&self) -> String {
+        let services = self.services.lock().expect("registry lock");
+        match services.as_slice() {
+            [one] => {
+                let v = one.status().current;
+                format!("serving plugin {} version {}", v.plugin, v.version)
+            }
+            many => {
+                let names: Vec<&str> = many.iter().map(|s| s.name()).collect();
+                format!("serving {} services: {}", names.len(), names.join(", "))
+            }
         }
-        return Ok(bound);
     }
-    if config.framing != config::Framing::Lines || config.tcp_isolation != config::TcpIsolation::Request {
+
+    /// Stop every service at once; their counters added up.
+    async fn stop_all(&self, drain_timeout: std::time::Duration) -> Snapshot {
+        let services = std::mem::take(&mut *self.services.lock().expect("registry lock"));
+        stop_each(services, drain_timeout).await
+    }
+}
+
+impl Inventory for Registry {
+    fn services(&self) -> Vec<ServiceStatus> {
+        self.services.lock().expect("registry lock").iter().map(Running::status).collect()
+    }
+
+    fn config_reloads(&self) -> (u64, u64) {
+        (self.reloads.load(Relaxed), self.reload_failures.load(Relaxed))
+    }
+}
+
+/// Stop `services` at once (each drains its own); their counters added up.
+async fn stop_each(services: Vec<Running>, drain_timeout: std::time::Duration) -> Snapshot {
+    let mut set = tokio::task::JoinSet::new();
+    for service in services {
+        set.spawn(service.stop(drain_timeout));
+    }
+    let mut total = Snapshot::default();
+    while let Some(done) = set.join_next().await {
+        if let Ok(snapshot) = done {
+            total += snapshot;
+        }
+    }
+    total
+}
+
+/// Reload the services file on SIGHUP and when it changes: apply what
+/// changed, leave the rest alone.
+fn reload_services_file(
+    cli: Config,
+    file: servicefile::ServicesFile,
+    mut hup: tokio::signal::unix::Signal,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = match file.host.no_watch {
+        false => Some(reload::watch::FileWatch::start(&file.path)?),
+        true => None,
+    };
+    tracing::info!(
+        "services file {}: {}",
+        file.path.display(),
+        if watch.is_some() { "watched for changes; SIGHUP reloads it" } else { "not watched (no-watch); SIGHUP reloads it" }
+    );
+    Ok(async move {
+        if let Some(watch) = watch {
+            tokio::spawn(watch.run(tx.clone(), shutdown.clone()));
+        }
+        let signals = {
+            let (tx, shutdown) = (tx.clone(), shutdown.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        s = hup.recv() => if s.is_none() { return },
+                    }
+                    let _ = tx.send(Trigger::Signal);
+                }
+            }
+        };
+        tokio::spawn(signals);
+        let mut current = file;
+        loop {
+            let trigger = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                t = reload::debounced(&mut rx) => match t { Some(t) => t, None => return },
+            };
+            match apply_services_file(&cli, &current, &registry, &shutdown, trigger).await {
+                Ok(Some(next)) => {
+                    registry.reloads.fetch_add(1, Relaxed);
+                    current = next;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    registry.reload_failures.fetch_add(1, Relaxed);
+                    tracing::warn!("services file reload failed, nothing changed: {e:#}");
+                }
+            }
+        }
+    })
+}
+
+/// Read the services file again and apply the difference: services that
+/// are gone are drained and stopped, new ones started, changed ones
+/// restarted with their new settings; unchanged ones keep their sockets,
+/// connections and instances. A file that does not parse, or a new or
+/// changed service whose plugin does not load, changes nothing.
+async fn apply_services_file(
+    cli: &Config,
+    current: &servicefile::ServicesFile,
+    registry: &Arc<Registry>,
+    shutdown: &CancellationToken,
+    trigger: Trigger,
+) -> anyhow::Result<Option<servicefile::ServicesFile>> {
+    let next = servicefile::with_command_line(servicefile::load(&current.path)?, cli)?;
+    if next.host != current.host {
         tracing::warn!(
-            "--framing and --tcp-isolation have no effect: plugin {} implements the connection-handler world, \
-             which frames its own protocol in one instance per connection",
-            info.name
+            "services file {}: host-wide settings changed; they take effect at the next start",
+            next.path.display()
         );
     }
-    if let Some(addr) = config.udp.first() {
-        anyhow::bail!(
-            "plugin {}: implements the world sockets:plugin/connection-handler@0.2.0, which serves TCP only; \
-             it cannot serve --udp {addr}",
-            info.path.display()
-        );
+    let name_of = |c: &Config| service::service_name(c).unwrap_or_default();
+    let old: HashMap<String, Config> = current.services.iter().map(|c| (name_of(c), c.clone())).collect();
+    let new: HashMap<String, Config> = next.services.iter().map(|c| (name_of(c), c.clone())).collect();
+    let changed: Vec<&String> = old.keys().filter(|n| new.get(*n).is_some_and(|c| c != &old[*n])).collect();
+    let removed: Vec<&String> = old.keys().filter(|n| !new.contains_key(*n)).collect();
+    let added: Vec<&Config> = next.services.iter().filter(|c| !old.contains_key(&name_of(c))).collect();
+    if changed.is_empty() && removed.is_empty() && added.is_empty() {
+        tracing::info!("services file {} reloaded ({trigger:?}): unchanged", next.path.display());
+        return Ok(None);
     }
-    let (tcp, udp): (Vec<_>, Vec<_>) = bound.into_iter().partition(|b| b.transport() == Transport::Tcp);
-    for b in udp {
-        tracing::info!(
-            "not serving udp {}: plugin {} implements the connection-handler world (TCP only)",
-            b.local_addr(),
-            info.name
-        );
+    // Check every new plugin before touching anything.
+    for config in next.services.iter().filter(|c| !old.contains_key(&name_of(c)) || changed.contains(&&name_of(c))) {
+        service::check(config).await?;
     }
-    Ok(tcp)
+    let stop = |names: &[&String]| {
+        let mut services = registry.services.lock().expect("registry lock");
+        let (gone, kept): (Vec<Running>, Vec<Running>) =
+            std::mem::take(&mut *services).into_iter().partition(|s| names.iter().any(|n| *n == s.name()));
+        *services = kept;
+        gone
+    };
+    let drain = current.host.drain_timeout;
+    let gone = stop(&removed.iter().chain(&changed).copied().collect::<Vec<_>>());
+    let stopped: Vec<String> = gone.iter().map(|s| s.name().to_string()).collect();
+    stop_each(gone, drain).await;
+    let mut started = Vec::new();
+    for config in next.services.iter().filter(|c| !old.contains_key(&name_of(c)) || changed.contains(&&name_of(c))) {
+        let running = match Service::bind(config.clone()).await {
+            Ok(service) => service.serve(shutdown).await,
+            Err(e) => Err(e),
+        };
+        match running {
+            Ok(running) => {
+                started.push(running.name().to_string());
+                registry.services.lock().expect("registry lock").push(running);
+            }
+            Err(e) => tracing::warn!("services file {}: service {} not started: {e:#}", next.path.display(), name_of(config)),
+        }
+    }
+    // The file's order, for /status.
+    {
+        let order: Vec<String> = next.services.iter().map(name_of).collect();
+        let mut services = registry.services.lock().expect("registry lock");
+        services.sort_by_key(|s| order.iter().position(|n| n == s.name()).unwrap_or(usize::MAX));
+    }
+    tracing::info!(
+        "services file {} reloaded ({trigger:?}): stopped [{}], started [{}], unchanged {}",
+        next.path.display(),
+        stopped.join(", "),
+        started.join(", "),
+        next.services.len() - started.len().min(next.services.len())
+    );
+    Ok(Some(next))
 }
 
-/// How many connections can hold an instance at once, if that is fewer
-/// than `--max-connections`.
-fn tcp_connections_per_pool(config: &Config, plugin: &plugin::Plugin) -> Option<usize> {
-    let fit = (config.max_instances / plugin.weight().permits().max(1)) as usize;
-    (fit < config.max_connections).then_some(fit)
-}
-
-/// Log the counters on every SIGUSR1 (`kill -USR1 PID`), as one
-/// `stats name=value ...` line.
-async fn dump_stats_on_sigusr1(mut usr1: tokio::signal::unix::Signal, stats: Arc<Stats>, shutdown: CancellationToken) {
+/// Log the counters on every SIGUSR1 (`kill -USR1 PID`), one
+/// `stats name=value ...` line per service.
+async fn dump_stats_on_sigusr1(
+    mut usr1: tokio::signal::unix::Signal,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             s = usr1.recv() => if s.is_none() { return },
         }
-        tracing::info!("stats {}", stats.snapshot());
-    }
-}
-
-/// In reuse mode, drop instances that have waited too long for a request.
-async fn expire_idle_instances(dispatcher: Arc<Dispatcher>, reuse: u64, shutdown: CancellationToken) {
-    if reuse <= 1 {
-        return;
-    }
-    let mut tick = tokio::time::interval(dispatch::version::IDLE_INSTANCE_TTL / 2);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => dispatcher.expire_idle(),
+        for status in registry.services() {
+            tracing::info!(service = %status.name, "stats {}", status.totals);
         }
     }
 }
@@ -245,58 +373,6 @@ async fn expire_idle_instances(dispatcher: Arc<Dispatcher>, reuse: u64, shutdown
 /// Load, bind and serve until `shutdown`; the whole server in one call.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Snapshot> {
     Server::bind(config).await?.serve(shutdown).await
-}
-
-/// The host services for the plugin: its namespace, buckets, limits and
-/// variables, on the store `--kv` (or the data directory) names.
-async fn open_services(config: &Config, stats: Arc<Stats>) -> anyhow::Result<plugin::services::Services> {
-    let stem = config.plugin_path()?.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let namespace = match &config.name {
-        Some(name) => name.clone(),
-        None => {
-            kv::check_name("the plugin file's stem", &stem)
-                .map_err(|e| anyhow::anyhow!("{e}; give the service a name with --name"))?;
-            stem
-        }
-    };
-    // A store the operator named (`--data-dir`, `--kv`) must open; the
-    // default one may fail (no HOME, a read-only home, as under some
-    // service managers) without stopping a plugin that never uses it.
-    let store = match config.kv_backend() {
-        Some(backend) if config.data_dir.is_some() || config.kv.is_some() => {
-            kv::Store::open(&backend, config.timeout).await?
-        }
-        Some(backend) => kv::Store::open(&backend, config.timeout).await.unwrap_or_else(|e| {
-            tracing::warn!(
-                "key-value store unavailable: {e:#}; plugins that use wasi:keyvalue get errors (set --data-dir)"
-            );
-            kv::Store::Unavailable(format!("{e:#}"))
-        }),
-        None => {
-            tracing::warn!("key-value store unavailable: no data directory (set --data-dir, or HOME)");
-            kv::Store::Unavailable("no data directory (set --data-dir)".into())
-        }
-    };
-    let store = Arc::new(store);
-    let buckets = config.kv_buckets();
-    tracing::info!(
-        "key-value store: {}; service {namespace} may open bucket(s) {}",
-        store.describe(),
-        buckets.join(", ")
-    );
-    Ok(plugin::services::Services {
-        store,
-        namespace: namespace.into(),
-        buckets: buckets.into_iter().map(Into::into).collect(),
-        limits: plugin::services::KvLimits {
-            max_key: config.kv_max_key,
-            max_value: config.kv_max_value,
-            max_bucket_bytes: config.kv_max_bucket_bytes as u64,
-            max_ops: config.kv_max_ops,
-        },
-        vars: config.vars(),
-        stats,
-    })
 }
 
 /// One worker per available CPU.

@@ -27,7 +27,7 @@
 //! thread, which the binary does not wait for at exit) and the old version
 //! stays in place until the end.
 
-mod watch;
+pub(crate) mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -235,7 +235,7 @@ impl Reloader {
 
 /// The next trigger, once triggers have stopped for a while (see
 /// [`DEBOUNCE`]); `None` when every sender is gone.
-async fn debounced(rx: &mut mpsc::UnboundedReceiver<Trigger>) -> Option<Trigger> {
+pub(crate) async fn debounced(rx: &mut mpsc::UnboundedReceiver<Trigger>) -> Option<Trigger> {
     let mut trigger = rx.recv().await?;
     loop {
         let quiet = if trigger == Trigger::FileChanged { DEBOUNCE } else { SETTLED_DEBOUNCE };

@@ -26,7 +26,7 @@ use crate::plugin::engine::EPOCH_TICK;
 use crate::plugin::{CallError, CallLimits, Plugin, PluginInfo, Reply};
 use crate::ratelimit::log_limited;
 use crate::request::Request;
-use crate::stats::Stats;
+use crate::stats::{Snapshot, Stats};
 
 pub use limits::{ReplyLimit, call_limits};
 pub use session::{LiveSession, OpenError, Step};
@@ -61,7 +61,12 @@ impl Dispatcher {
     /// A dispatcher serving `plugin` under `config`'s limits.
     pub fn new(plugin: Plugin, config: &Config, stats: Arc<Stats>) -> Self {
         let limits = call_limits(config);
-        let policy = CallPolicy { limits, reuse: config.instance_reuse.max(1), stats: stats.clone() };
+        let policy = CallPolicy {
+            limits,
+            reuse: config.instance_reuse.max(1),
+            stats: Arc::default(),
+            timings: Arc::default(),
+        };
         Self { versions: Versions::new(plugin, policy, config.reload_grace), limits, stats }
     }
 
@@ -75,9 +80,19 @@ impl Dispatcher {
         &self.limits
     }
 
-    /// The counters.
+    /// The service's own counters: what listeners, reloads and the
+    /// key-value store count. The outcome of each call is counted on its
+    /// version; [`Self::totals`] adds everything up.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Every counter of the service: its own and every version's, dropped
+    /// versions included.
+    pub fn totals(&self) -> Snapshot {
+        let mut total = self.stats.snapshot();
+        total += self.versions.report().0;
+        total
     }
 
     /// A sequence of requests that run one after another, such as the
@@ -118,6 +133,7 @@ impl Dispatcher {
         let version = pinned.unwrap_or_else(|| self.versions.current());
         Box::pin(async move {
             let policy = version.policy();
+            let started = std::time::Instant::now();
             Stats::incr(&policy.stats.requests);
             let max_reply = limit.cap(req.payload.len());
             let held = held.filter(|lease| lease.is_of(&version));
@@ -127,7 +143,12 @@ impl Dispatcher {
                 let idle = || if keep { None } else { version.take_idle() };
                 let mut instance = match held.or_else(idle) {
                     Some(lease) => lease.into_instance(),
-                    None => version.plugin().instantiate(&policy.limits).await?,
+                    None => {
+                        let begun = std::time::Instant::now();
+                        let instance = version.plugin().instantiate(&policy.limits).await?;
+                        policy.timings.instantiation.observe(begun.elapsed());
+                        instance
+                    }
                 };
                 let result = instance.call(&req, &policy.limits, max_reply).await;
                 Ok::<_, CallError>((result, instance))
@@ -149,7 +170,9 @@ impl Dispatcher {
                 Some(Err(e)) => (Err(e), None),
                 None => (Err(CallError::Timeout(policy.limits.timeout)), None),
             };
-            (outcome(&policy.stats, &req, version.plugin().info(), &limit, result), lease)
+            let outcome = outcome(&policy.stats, &req, version.plugin().info(), &limit, result);
+            policy.timings.latency.observe(started.elapsed());
+            (outcome, lease)
         })
     }
 }

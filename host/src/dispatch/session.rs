@@ -78,9 +78,13 @@ impl Dispatcher {
             }
         };
         let policy = version.policy();
+        let begun = std::time::Instant::now();
         let open = version.plugin().open_session(permit, &peer, &local, &policy.limits);
         match bounded_call(&policy.limits, open).await {
-            Ok(session) => Ok(LiveSession { version, session, peer }),
+            Ok(session) => {
+                policy.timings.instantiation.observe(begun.elapsed());
+                Ok(LiveSession { version, session, peer })
+            }
             Err(err) => {
                 call_failed(&policy.stats, version.plugin().info(), Transport::Tcp, &peer, "session constructor", &err);
                 Err(OpenError::Failed)
@@ -97,16 +101,16 @@ impl LiveSession {
 
     /// Hand bytes from the peer to `on-data`.
     pub async fn data(&mut self, data: &[u8], limit: &ReplyLimit) -> Step {
-        let limits = self.version.policy().limits;
+        let (limits, started) = (self.version.policy().limits, std::time::Instant::now());
         let result = bounded_call(&limits, self.session.on_data(data, &limits, limit.cap(data.len()))).await;
-        self.step(result.map(|Output { bytes, close }| (bytes, close)), limit, data.len())
+        self.step(result.map(|Output { bytes, close }| (bytes, close)), limit, data.len(), started)
     }
 
     /// Tell `on-end` the peer closed its side; its bytes are the last.
     pub async fn end(&mut self, limit: &ReplyLimit) -> Step {
-        let limits = self.version.policy().limits;
+        let (limits, started) = (self.version.policy().limits, std::time::Instant::now());
         let result = bounded_call(&limits, self.session.on_end(&limits, limit.cap(0))).await;
-        self.step(result.map(|bytes| (bytes, true)), limit, 0)
+        self.step(result.map(|bytes| (bytes, true)), limit, 0, started)
     }
 
     /// Drop the session: the plugin's destructor runs (under `--timeout`)
@@ -127,9 +131,17 @@ impl LiveSession {
     }
 
     /// Count a call, and say what the connection does next.
-    fn step(&self, result: Result<(Reply, bool), CallError>, limit: &ReplyLimit, request: usize) -> Step {
-        let (stats, info) = (&self.version.policy().stats, self.version.plugin().info());
+    fn step(
+        &self,
+        result: Result<(Reply, bool), CallError>,
+        limit: &ReplyLimit,
+        request: usize,
+        started: std::time::Instant,
+    ) -> Step {
+        let policy = self.version.policy();
+        let (stats, info) = (&policy.stats, self.version.plugin().info());
         Stats::incr(&stats.requests);
+        policy.timings.latency.observe(started.elapsed());
         match result {
             Ok((Reply::Bytes(bytes), close)) => {
                 if bytes.is_empty() {

@@ -17,14 +17,15 @@
 //! instance that waits longer (holding its memory, and whatever the last
 //! request left in it) is dropped.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::plugin::{CallLimits, Instance, Plugin};
-use crate::stats::Stats;
+use crate::stats::{Histogram, Snapshot, Stats};
+use crate::status::{PluginVersion, VersionStatus};
 
 /// Idle instances kept per plugin version in reuse mode. More than the
 /// requests that run at once on a small machine; each one holds pool room.
@@ -43,8 +44,30 @@ pub struct CallPolicy {
     pub limits: CallLimits,
     /// Requests one instance may serve (1: a fresh instance per request).
     pub reuse: u64,
-    /// The counters.
+    /// This version's own counters (the outcome of every call on it); a
+    /// new version starts at zero.
     pub stats: Arc<Stats>,
+    /// This version's timings.
+    pub timings: Arc<Timings>,
+}
+
+/// How long calls of one version take.
+#[derive(Debug, Default)]
+pub struct Timings {
+    /// From a request's start to its outcome (the connection world: each
+    /// `on-data` and `on-end` call). Its count also tells how many of the
+    /// version's `requests` have finished, so `requests - count` are in
+    /// flight, without a counter of their own on the request path.
+    pub latency: Histogram,
+    /// Creating a fresh instance (or session).
+    pub instantiation: Histogram,
+}
+
+impl CallPolicy {
+    /// The same policy with fresh counters and timings, for a new version.
+    fn fresh(&self) -> CallPolicy {
+        CallPolicy { stats: Arc::default(), timings: Arc::default(), ..self.clone() }
+    }
 }
 
 /// A plugin version and its idle instances.
@@ -58,6 +81,8 @@ pub struct Version {
     replaced: std::sync::atomic::AtomicBool,
     /// Cancelled `--reload-grace` after this version was replaced.
     retired: CancellationToken,
+    /// When it started serving.
+    since: SystemTime,
 }
 
 impl Version {
@@ -68,7 +93,19 @@ impl Version {
             idle: Mutex::default(),
             replaced: std::sync::atomic::AtomicBool::new(false),
             retired: CancellationToken::new(),
+            since: SystemTime::now(),
         })
+    }
+
+    /// Which version this is, for status reports.
+    pub fn describe(&self) -> PluginVersion {
+        let info = self.plugin.info();
+        PluginVersion {
+            plugin: info.name.clone(),
+            version: info.version.clone(),
+            path: info.path.clone(),
+            since: self.since,
+        }
     }
 
     /// Completes once this version has been replaced for longer than
@@ -139,13 +176,69 @@ pub struct Versions {
     current: ArcSwap<Version>,
     /// `--reload-grace`.
     grace: Duration,
+    /// Every version's counters, for reports (not on the request path).
+    book: Mutex<Book>,
+}
+
+/// The counters of the versions a service has served: the live ones by
+/// reference, the dropped ones added up.
+#[derive(Default)]
+struct Book {
+    /// Versions that may still be alive, oldest first, with their counters.
+    live: Vec<(Weak<Version>, Arc<Stats>, Arc<Timings>, PluginVersion)>,
+    /// The counters of dropped versions, added up.
+    dropped: Snapshot,
+}
+
+impl Book {
+    fn add(&mut self, version: &Arc<Version>) {
+        let policy = version.policy();
+        self.live.push((Arc::downgrade(version), policy.stats.clone(), policy.timings.clone(), version.describe()));
+    }
 }
 
 impl Versions {
     /// Serve `plugin`, calling it under `policy`; a replaced version is
     /// retired `grace` after the swap.
     pub fn new(plugin: Plugin, policy: CallPolicy, grace: Duration) -> Self {
-        Self { current: ArcSwap::new(Version::new(plugin, policy)), grace }
+        let version = Version::new(plugin, policy.fresh());
+        let mut book = Book::default();
+        book.add(&version);
+        Self { current: ArcSwap::new(version), grace, book: Mutex::new(book) }
+    }
+
+    /// The counters of every version together, dropped ones included, and
+    /// the live versions (the current one first) with their own.
+    pub fn report(&self) -> (Snapshot, Vec<VersionStatus>) {
+        let current = self.current();
+        let mut book = self.book.lock().expect("version book lock");
+        let Book { live, dropped } = &mut *book;
+        // A version no one holds any more makes no more calls: its counts
+        // are final, and move into the sum.
+        live.retain(|(version, stats, ..)| {
+            let alive = version.strong_count() > 0;
+            if !alive {
+                *dropped += stats.snapshot();
+            }
+            alive
+        });
+        let mut total = *dropped;
+        let mut versions: Vec<VersionStatus> = live
+            .iter()
+            .map(|(version, stats, timings, describe)| {
+                let stats = stats.snapshot();
+                total += stats;
+                VersionStatus {
+                    version: describe.clone(),
+                    current: std::ptr::eq(version.as_ptr(), Arc::as_ptr(&current)),
+                    stats,
+                    latency: timings.latency.snapshot(),
+                    instantiation: timings.instantiation.snapshot(),
+                }
+            })
+            .collect();
+        versions.sort_by_key(|v| !v.current);
+        (total, versions)
     }
 
     /// The version serving new requests.
@@ -158,8 +251,10 @@ impl Versions {
     /// with, and connections that keep their version keep it for up to the
     /// grace period. The old version's idle instances are dropped at once.
     pub fn swap(&self, plugin: Plugin) -> Arc<Version> {
-        let policy = self.current.load().policy.clone();
-        let old = self.current.swap(Version::new(plugin, policy));
+        let policy = self.current.load().policy.fresh();
+        let new = Version::new(plugin, policy);
+        self.book.lock().expect("version book lock").add(&new);
+        let old = self.current.swap(new);
         old.replaced.store(true, std::sync::atomic::Ordering::Relaxed);
         old.clear();
         old.retire_after(self.grace);

@@ -41,7 +41,7 @@ const MAX_SYMLINKS: usize = 40;
 
 /// Watches the directories of the plugin path's symlink chain and turns the
 /// events that concern it into [`Trigger`]s.
-pub(super) struct FileWatch {
+pub(crate) struct FileWatch {
     /// The plugin path, absolute.
     path: PathBuf,
     watcher: notify::RecommendedWatcher,
