@@ -21,6 +21,7 @@
 //! calls it, and the tests call it the same way.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod dispatch;
 pub mod framing;
@@ -29,14 +30,13 @@ mod listener;
 pub mod logline;
 pub mod plugin;
 mod ratelimit;
-mod systemd;
-pub mod admin;
 pub mod reload;
 pub mod request;
 pub mod service;
 pub mod servicefile;
 pub mod stats;
 pub mod status;
+mod systemd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -234,11 +234,9 @@ fn reload_services_file(
         false => Some(reload::watch::FileWatch::start(&file.path)?),
         true => None,
     };
-    tracing::info!(
-        "services file {}: {}",
-        file.path.display(),
-        if watch.is_some() { "watched for changes; SIGHUP reloads it" } else { "not watched (no-watch); SIGHUP reloads it" }
-    );
+    if watch.is_none() {
+        tracing::info!("not watching services file {} (no-watch): SIGHUP reloads it", file.path.display());
+    }
     Ok(async move {
         if let Some(watch) = watch {
             tokio::spawn(watch.run(tx.clone(), shutdown.clone()));
@@ -333,7 +331,9 @@ async fn apply_services_file(
                 started.push(running.name().to_string());
                 registry.services.lock().expect("registry lock").push(running);
             }
-            Err(e) => tracing::warn!("services file {}: service {} not started: {e:#}", next.path.display(), name_of(config)),
+            Err(e) => {
+                tracing::warn!("services file {}: service {} not started: {e:#}", next.path.display(), name_of(config))
+            }
         }
     }
     // The file's order, for /status.

@@ -129,7 +129,7 @@ impl Service {
             }
         }
         let info = dispatcher.versions().current().plugin().info().clone();
-        tracing::info!("ready: serving plugin {} version {}", info.name, info.version);
+        tracing::info!("serving plugin {} version {}", info.name, info.version);
         Ok(Running { name, config, addrs, dispatcher, token, tracker, tasks, reload, _ticker: ticker })
     }
 }

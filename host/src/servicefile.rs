@@ -241,7 +241,12 @@ fn service_keys() -> Vec<String> {
 }
 
 /// Turn `key = value` into the flag(s) it stands for.
-fn push_flag(args: &mut Vec<(String, Range<usize>)>, key: &str, value: &Spanned<toml::Value>, dir: &Path) -> Result<(), String> {
+fn push_flag(
+    args: &mut Vec<(String, Range<usize>)>,
+    key: &str,
+    value: &Spanned<toml::Value>,
+    dir: &Path,
+) -> Result<(), String> {
     use toml::Value;
     let span = value.span();
     let flag = format!("--{key}");
@@ -384,7 +389,10 @@ framing = "u32"
                 "[[service]]\nplugin = \"a.wasm\"\nudp = [\"127.0.0.1:7001\"]\n[[service]]\nplugin = \"b.wasm\"\nudp = [\"127.0.0.1:7001\"]\n",
                 "services a and b both serve udp 127.0.0.1:7001",
             ),
-            ("[[service]]\nplugin = \"a.wasm\"\n[[service]]\nname = \"a\"\nplugin = \"b.wasm\"\n", "two services named a"),
+            (
+                "[[service]]\nplugin = \"a.wasm\"\n[[service]]\nname = \"a\"\nplugin = \"b.wasm\"\n",
+                "two services named a",
+            ),
             ("workers = 2\n", "no [[service]]"),
             ("[[service]]\nname = \"x\"\n", "without `plugin`"),
         ];

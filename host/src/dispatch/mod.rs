@@ -61,12 +61,8 @@ impl Dispatcher {
     /// A dispatcher serving `plugin` under `config`'s limits.
     pub fn new(plugin: Plugin, config: &Config, stats: Arc<Stats>) -> Self {
         let limits = call_limits(config);
-        let policy = CallPolicy {
-            limits,
-            reuse: config.instance_reuse.max(1),
-            stats: Arc::default(),
-            timings: Arc::default(),
-        };
+        let policy =
+            CallPolicy { limits, reuse: config.instance_reuse.max(1), stats: Arc::default(), timings: Arc::default() };
         Self { versions: Versions::new(plugin, policy, config.reload_grace), limits, stats }
     }
 
