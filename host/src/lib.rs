@@ -65,6 +65,8 @@ pub struct Server {
     /// The services file, if one was given.
     file: Option<servicefile::ServicesFile>,
     services: Vec<Service>,
+    /// The admin endpoint's socket (`--metrics`), bound with the services.
+    admin: Option<tokio::net::TcpListener>,
 }
 
 impl Server {
@@ -79,16 +81,28 @@ impl Server {
             }
             None => (None, vec![config.clone()]),
         };
+        let settings = file.as_ref().map_or(&config, |f| &f.host);
+        // Bound first, like the services' addresses: an address in use is
+        // reported before any plugin compiles.
+        let admin = match settings.metrics {
+            Some(addr) => Some(admin::bind(addr).await?),
+            None => None,
+        };
         let mut services = Vec::with_capacity(configs.len());
         for c in configs {
             services.push(Service::bind(c).await?);
         }
-        Ok(Server { config, file, services })
+        Ok(Server { config, file, services, admin })
     }
 
     /// The bound addresses of every service, with any port 0 resolved.
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
         self.services.iter().flat_map(|s| s.local_addrs()).collect()
+    }
+
+    /// The admin endpoint's address (`--metrics`), port 0 resolved.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// A handle that reloads the (first) service's plugin file, as SIGHUP
@@ -105,7 +119,7 @@ impl Server {
     /// `--no-watch`) and on SIGHUP, the services file too, and SIGUSR1 logs
     /// the counters.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Snapshot> {
-        let Server { config, file, services } = self;
+        let Server { config, file, services, admin } = self;
         let settings = file.as_ref().map_or(&config, |f| &f.host).clone();
         let token = CancellationToken::new();
         // Installed here, before `ready` is logged: a signal that arrives
@@ -113,10 +127,6 @@ impl Server {
         let usr1 = signal(SignalKind::user_defined1(), "SIGUSR1")?;
         let hup = match &file {
             Some(_) => Some(signal(SignalKind::hangup(), "SIGHUP")?),
-            None => None,
-        };
-        let admin = match settings.metrics {
-            Some(addr) => Some(admin::bind(addr).await?),
             None => None,
         };
         let registry = Arc::new(Registry::default());

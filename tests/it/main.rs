@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod clients;
 mod connection;
 mod core;
