@@ -7,6 +7,7 @@ mod support;
 mod clients;
 mod connection;
 mod core;
+mod deploy;
 mod hardening;
 mod isolation;
 mod languages;
