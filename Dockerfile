@@ -33,10 +33,11 @@ RUN mkdir /out/empty
 # `kubectl debug` with an ephemeral container; the Kubernetes preStop pause
 # is the kubelet's `sleep` action, which needs no shell in the image.
 FROM gcr.io/distroless/cc-debian12:nonroot
-# The binary stays root's: the user it runs as cannot replace it. The
-# plugin, cache and data directories are the user's.
+# The binary and the plugin directory stay root's: the user the host runs
+# as cannot replace its own code. The cache and data directories are the
+# user's.
 COPY --from=build /out/host /usr/local/bin/host
-COPY --from=build --chown=65532:65532 /out/empty /plugins
+COPY --from=build /out/empty /plugins
 COPY --from=build --chown=65532:65532 /out/empty /var/cache/wasm-sockets-host
 COPY --from=build --chown=65532:65532 /out/empty /var/lib/wasm-sockets-host
 # Numeric, so Kubernetes' runAsNonRoot can check it without a passwd lookup.
