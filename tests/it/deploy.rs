@@ -120,7 +120,13 @@ fn table_args(table: &toml::Table, skip: &str, what: &str) -> Vec<String> {
                 }
             }
             toml::Value::Array(items) => items.iter().flat_map(|v| values(flag, v, what)).collect(),
-            toml::Value::Table(t) => t.iter().flat_map(|(k, v)| vec![flag.into(), format!("{k}={v}")]).collect(),
+            // `vars = { greeting = "hello" }`: `--var greeting=hello`.
+            toml::Value::Table(t) => t
+                .iter()
+                .flat_map(|(k, v)| {
+                    vec![flag.into(), format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_string))]
+                })
+                .collect(),
             other => panic!("{what}: {flag} = {other} is not a value the flag takes"),
         }
     }
