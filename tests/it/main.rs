@@ -8,6 +8,7 @@ mod admin;
 mod clients;
 mod connection;
 mod core;
+mod deploy;
 mod hardening;
 mod isolation;
 mod languages;
