@@ -21,6 +21,7 @@
 //! calls it, and the tests call it the same way.
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod framing;
