@@ -23,8 +23,8 @@ fn main() -> ExitCode {
     let Cli { serve: config, command } = cli;
     let (host_level, extra) = host::cli::default_log_level(command.as_ref());
     let Some(command) = command else {
-        // Everything that can be checked before starting is: flag
-        // combinations, and the services file with each of its services.
+        // What can be checked before anything starts is checked first:
+        // flag combinations, and the services file with each service.
         let settings = match host::cli::settings(&config) {
             Ok(s) => s,
             Err(e) => {

@@ -279,7 +279,7 @@ fn json_logs_are_one_object_a_line_with_the_service_span() {
     let echo = plugin("echo");
     let args = ["--plugin", echo.to_str().unwrap(), "--udp", "127.0.0.1:0", "--log-format", "json"];
     let mut h = Host::spawn_with(&args, &[("RUST_LOG", "debug")], |_| {});
-    assert_eq!(h.logs.wait_for("ready: serving", 1, START_TIMEOUT), 1, "{}", h.logs.lines().join("\n"));
+    assert!(h.logs.wait_for("ready: serving", 1, START_TIMEOUT) >= 1, "{}", h.logs.lines().join("\n"));
     let message = |line: &serde_json::Value| line["fields"]["message"].as_str().unwrap_or_default().to_string();
     let parsed = |h: &Host| -> Vec<serde_json::Value> {
         h.logs
