@@ -47,6 +47,29 @@ pub const DEFAULT_RELOAD_GRACE: &str = "10m";
 /// The compile cache's size bound (`--cache-max-size`).
 pub const DEFAULT_CACHE_MAX_SIZE: &str = "1GiB";
 
+/// Largest `--max-memory`: a 32-bit WebAssembly memory addresses at most
+/// 4 GiB, and the engine reserves that much address space per memory; a
+/// larger cap would make the engine refuse to start.
+pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
+/// Smallest `--max-memory`: one WebAssembly page.
+pub const MIN_MAX_MEMORY: u64 = 64 << 10;
+/// Most `--max-instances`. Each instance slot reserves 8 GiB of address
+/// space (two 4 GiB memories, whatever `--max-memory` is), so 10,000 slots
+/// take 80 TiB of the 128 TiB a Linux process can address; on a 48-bit
+/// machine the engine failed to start above 10,873.
+pub const MAX_INSTANCES_LIMIT: u32 = 10_000;
+/// Most `--workers`. Each is a thread (with a 5 MiB stack) and a UDP socket
+/// per address; past the CPUs it only adds switching, and at tens of
+/// thousands the system refuses the threads and the runtime aborts.
+pub const MAX_WORKERS: usize = 1_024;
+/// Most `--max-connections`: each connection is a file descriptor, and
+/// Linux allows a process at most 2^30 (`fs.nr_open`'s ceiling).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 30;
+/// Longest duration any flag takes (100 years of 365.25 days, as
+/// `100years` parses). Deadlines are computed by adding to the current
+/// time; 100 years is "never" and cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// How log lines are written (`--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -92,7 +115,7 @@ pub struct Config {
 
     /// Serve Prometheus metrics (`/metrics`), health (`/healthz`,
     /// `/readyz`) and status (`/status`, JSON) over HTTP on ADDR.
-    #[arg(long, value_name = "ADDR", help_heading = "Operations")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, help_heading = "Operations")]
     pub metrics: Option<SocketAddr>,
 
     /// Log lines as human text or as one JSON object per line.
@@ -124,15 +147,15 @@ pub struct Config {
     /// Serve UDP and TCP on ADDR (repeatable). Port 0 picks a free port; the
     /// chosen address is logged as `listening udp|tcp ADDR`.
     /// [default: 127.0.0.1:7000 when no --listen, --udp or --tcp is given]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub listen: Vec<SocketAddr>,
 
     /// Serve UDP only on ADDR (repeatable).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub udp: Vec<SocketAddr>,
 
     /// Serve TCP only on ADDR (repeatable).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub tcp: Vec<SocketAddr>,
 
     /// How TCP streams are cut into requests (`handler` world; a
@@ -145,12 +168,14 @@ pub struct Config {
     #[arg(long, value_enum, value_name = "PER", default_value_t = TcpIsolation::Request)]
     pub tcp_isolation: TcpIsolation,
 
-    /// Longest one request may run in the plugin (e.g. 500ms, 2s).
-    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
+    /// Longest one request may run in the plugin (e.g. 500ms, 2s; more
+    /// than 0, counted in steps of 5ms).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_timeout)]
     pub timeout: Duration,
 
-    /// Most linear memory one plugin instance may use (e.g. 64MiB).
-    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_MEMORY, value_parser = parse_bytes)]
+    /// Most linear memory one plugin instance may use (e.g. 64MiB; from
+    /// 64KiB to 4GiB).
+    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_MEMORY, value_parser = parse_max_memory)]
     pub max_memory: usize,
 
     /// Largest request payload; a larger datagram is dropped, a larger TCP
@@ -160,17 +185,17 @@ pub struct Config {
 
     /// Largest reply payload; a larger reply is not sent. UDP replies are
     /// also capped at 65,507 bytes.
-    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_REPLY, value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_REPLY, value_parser = parse_nonzero_bytes)]
     pub max_reply: usize,
 
     /// Most TCP connections open at once, over every TCP address of the
     /// host together; further ones wait in the kernel's backlog.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
     pub max_connections: usize,
 
     /// Close a TCP connection that completes no frame (connection world:
-    /// sends nothing) for this long.
-    #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
+    /// sends nothing) for this long (more than 0).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_idle_timeout)]
     pub idle_timeout: Duration,
 
     /// Cap a UDP reply at N times the request's size on the wire, IP and UDP
@@ -179,13 +204,14 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_AMPLIFICATION)]
     pub max_amplification: u32,
 
-    /// On SIGTERM or Ctrl-C, let in-flight requests finish for this long.
+    /// On SIGTERM or Ctrl-C, let in-flight requests finish for this long;
+    /// 0 exits at once, abandoning them.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
     /// Give each request N units of fuel (deterministic CPU limit); off by
     /// default because metering costs speed.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_fuel)]
     pub fuel: Option<u64>,
 
     /// After a reload, connections that keep the old version (connection
@@ -197,7 +223,7 @@ pub struct Config {
     /// Plugin instances alive at once; sizes the pooling allocator. With a
     /// plugin that keeps an instance per connection, also the most
     /// connections served at once.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_INSTANCES)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_INSTANCES, value_parser = parse_max_instances)]
     pub max_instances: u32,
 
     /// Serve up to N requests with one plugin instance before replacing it.
@@ -206,7 +232,7 @@ pub struct Config {
     /// faster but let one request's state (globals, heap) reach the next; an
     /// instance is still never shared by two requests at once and is dropped
     /// after any trap or timeout.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_instance_reuse)]
     pub instance_reuse: u64,
 
     /// Where compiled plugins are cached, keyed by the sha256 of the file
@@ -252,16 +278,16 @@ pub struct Config {
     pub kv_max_key: usize,
 
     /// Largest key-value value.
-    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_bytes, help_heading = "State and configuration")]
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = parse_nonzero_bytes, help_heading = "State and configuration")]
     pub kv_max_value: usize,
 
     /// Most bytes (keys and values) one bucket may hold.
-    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes, help_heading = "State and configuration")]
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_nonzero_bytes, help_heading = "State and configuration")]
     pub kv_max_bucket_bytes: usize,
 
     /// Key-value operations one plugin call may make (a batch counts one
     /// per key).
-    #[arg(long, value_name = "N", default_value_t = crate::kv::DEFAULT_MAX_OPS, help_heading = "State and configuration")]
+    #[arg(long, value_name = "N", default_value_t = crate::kv::DEFAULT_MAX_OPS, value_parser = parse_kv_max_ops, help_heading = "State and configuration")]
     pub kv_max_ops: u32,
 
     /// A `wasi:config` variable for the plugin (repeat for more; the last
@@ -269,8 +295,8 @@ pub struct Config {
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var, help_heading = "State and configuration")]
     pub vars: Vec<(String, String)>,
 
-    /// Worker threads [default: one per CPU].
-    #[arg(long, value_name = "N")]
+    /// Worker threads, 1 to 1024 [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
     pub workers: Option<usize>,
 }
 
@@ -327,6 +353,43 @@ impl Config {
         map.into_iter().collect()
     }
 
+    /// Check what no single flag's parser can: flags that would have no
+    /// effect together, or that would start a host unable to serve them.
+    /// The error is one line naming the flags.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use crate::request::Transport::Tcp;
+        let list = self.bind_list();
+        if !list.iter().any(|(t, _)| *t == Tcp) {
+            use clap::ValueEnum as _;
+            let name =
+                |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_string()).unwrap_or_default();
+            let unused = if self.framing != Framing::Lines {
+                Some(("--framing", name(self.framing.to_possible_value())))
+            } else if self.tcp_isolation != TcpIsolation::Request {
+                Some(("--tcp-isolation", name(self.tcp_isolation.to_possible_value())))
+            } else {
+                None
+            };
+            if let Some((flag, value)) = unused {
+                anyhow::bail!(
+                    "{flag} {value} has no effect: only --udp addresses are served; add --tcp ADDR or --listen ADDR, \
+                     or leave {flag} out"
+                );
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (transport, addr) in &list {
+            // Port 0 picks a free port each time: never the same address.
+            if addr.port() != 0 && !seen.insert((*transport, *addr)) {
+                anyhow::bail!(
+                    "{transport} {addr} is given twice (--listen ADDR serves udp and tcp on ADDR, --udp and --tcp \
+                     one each)"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The compile cache directory, or `None` when caching is off.
     pub fn cache_dir(&self) -> Option<PathBuf> {
         if self.no_cache {
@@ -364,8 +427,139 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A socket address, with the syntax shown when it is not one: a port
+/// alone (`7000`) and a host name (`localhost:7000`) are what people type.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::IpAddr;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let examples = |port: &str| {
+        format!(
+            "{port} on this machine only is 127.0.0.1:{port} or [::1]:{port}, on every address 0.0.0.0:{port} or [::]:{port}"
+        )
+    };
+    if s.parse::<u16>().is_ok() {
+        return Err(format!("a port alone is not an address: {}", examples(s)));
+    }
+    let split = s.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok());
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => return Err(format!("no port: write e.g. {ip}:7000")),
+        // `::1:7000` is an IPv6 address, and most likely meant as ::1 port 7000.
+        Ok(IpAddr::V6(_)) => {
+            let meant = match split {
+                Some((host, port)) if host.parse::<std::net::Ipv6Addr>().is_ok() => format!("[{host}]:{port}"),
+                _ => format!("[{s}]:7000"),
+            };
+            return Err(format!("an IPv6 address goes in brackets, before the port: e.g. {meant}"));
+        }
+        Err(_) => {}
+    }
+    let is_name = |h: &str| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    match split {
+        Some((host, port)) if is_name(host) => {
+            Err(format!("{host} is a name, and names are not resolved: give an IP address; port {}", examples(port)))
+        }
+        _ => Err(format!("not an address: give an IP address and a port; {}", examples("7000"))),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 500ms, 2s, 1m)"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 500ms, 2s, 1m)"))?;
+    if d > MAX_DURATION {
+        return Err("at most 100years".into());
+    }
+    Ok(d)
+}
+
+/// A duration for which 0 means nothing can happen, `why` says what.
+fn parse_positive_duration(s: &str, why: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("must be more than 0: {why}")),
+        d => Ok(d),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    parse_positive_duration(s, "every request would be cut off before it starts")
+}
+
+fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    parse_positive_duration(s, "every connection would be closed as soon as it opens")
+}
+
+/// A whole number from `min` to `max`; `below` and `above` say why a value
+/// outside is refused.
+fn parse_count<T>(s: &str, min: T, max: T, below: &str, above: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+    T::Err: std::fmt::Display,
+{
+    let n: T = s.parse().map_err(|e| format!("not a whole number ({e})"))?;
+    if n < min {
+        return Err(format!("must be at least {min}: {below}"));
+    }
+    if n > max {
+        return Err(format!("at most {max}: {above}"));
+    }
+    Ok(n)
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    parse_count(
+        s,
+        1,
+        MAX_WORKERS,
+        "no thread would serve",
+        "each worker is a thread and a UDP socket per address; more than the CPUs only adds switching",
+    )
+}
+
+fn parse_max_instances(s: &str) -> Result<u32, String> {
+    parse_count(
+        s,
+        1,
+        MAX_INSTANCES_LIMIT,
+        "no plugin instance could ever run",
+        "each instance slot reserves 8GiB of address space, and a process has 128TiB",
+    )
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    parse_count(
+        s,
+        1,
+        MAX_CONNECTIONS_LIMIT,
+        "no TCP connection could be served (to serve UDP only, use --udp)",
+        "more connections than Linux lets a process open",
+    )
+}
+
+fn parse_fuel(s: &str) -> Result<u64, String> {
+    parse_count(s, 1, u64::MAX, "every request would run out of fuel at once (leave --fuel out for no fuel limit)", "")
+}
+
+fn parse_instance_reuse(s: &str) -> Result<u64, String> {
+    parse_count(s, 1, u64::MAX, "1 gives every request a fresh instance", "")
+}
+
+fn parse_kv_max_ops(s: &str) -> Result<u32, String> {
+    parse_count(s, 1, u32::MAX, "every key-value call would be refused", "")
+}
+
+fn parse_max_memory(s: &str) -> Result<usize, String> {
+    let n = parse_bytes(s)?;
+    let size = bytesize::ByteSize(n as u64);
+    if (n as u64) < MIN_MAX_MEMORY {
+        return Err(format!("{size} is less than one WebAssembly page (64KiB): no plugin could start"));
+    }
+    if n as u64 > MAX_MEMORY_LIMIT {
+        return Err(format!(
+            "{size} is over the limit of 4GiB: a 32-bit WebAssembly memory cannot grow past it, and the engine \
+             reserves no more per memory"
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_nonzero_bytes(s: &str) -> Result<usize, String> {
@@ -435,6 +629,95 @@ mod tests {
         for bad in [["--var", "=v"], ["--var", "novalue"], ["--kv", "http://x"], ["--kv-bucket", "a/b"], ["--name", ""]]
         {
             assert!(Config::try_parse_from(["host", "--plugin", "p"].iter().chain(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The error `args` give, as `host` prints it (clap's first line).
+    fn refused(args: &[&str]) -> String {
+        let err = Config::try_parse_from(["host", "--plugin", "p"].iter().chain(args)).unwrap_err();
+        err.to_string().lines().next().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn values_that_cannot_serve_are_refused_naming_the_flag() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["--workers", "0"], &["--workers", "at least 1"]),
+            (&["--workers", "5000"], &["--workers", "at most 1024"]),
+            (&["--max-instances", "0"], &["--max-instances", "at least 1"]),
+            (&["--max-instances", "10001"], &["--max-instances", "at most 10000", "8GiB of address space"]),
+            (&["--max-connections", "0"], &["--max-connections", "at least 1"]),
+            (&["--max-connections", "18446744073709551615"], &["--max-connections", "at most 1073741824"]),
+            (&["--timeout", "0s"], &["--timeout", "more than 0"]),
+            (&["--idle-timeout", "0ms"], &["--idle-timeout", "more than 0"]),
+            (&["--timeout", "1000years"], &["--timeout", "at most 100years"]),
+            (&["--max-memory", "8GiB"], &["--max-memory", "8.0 GiB", "limit of 4GiB"]),
+            (&["--max-memory", "1KiB"], &["--max-memory", "64KiB"]),
+            (&["--fuel", "0"], &["--fuel", "at least 1"]),
+            (&["--max-reply", "0"], &["--max-reply", "at least 1 byte"]),
+            (&["--kv-max-ops", "0"], &["--kv-max-ops", "at least 1"]),
+            (&["--kv-max-value", "0"], &["--kv-max-value"]),
+            (&["--kv-max-bucket-bytes", "0"], &["--kv-max-bucket-bytes"]),
+            (&["--instance-reuse", "0"], &["--instance-reuse", "at least 1"]),
+            (&["--workers", "two"], &["--workers", "not a whole number"]),
+        ];
+        for (args, needles) in cases {
+            let err = refused(args);
+            for needle in *needles {
+                assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+            }
+            assert!(!err.contains("0x"), "{args:?}: {err}");
+        }
+        // The documented zeros and the extremes that do serve.
+        let c = parse(&["--reload-grace", "0s", "--drain-timeout", "0s", "--max-amplification", "0"]);
+        assert_eq!((c.reload_grace, c.drain_timeout), (Duration::ZERO, Duration::ZERO));
+        let c = parse(&["--max-memory", "4GiB", "--max-instances", "10000", "--workers", "1024", "--timeout", "1ms"]);
+        assert_eq!((c.max_memory, c.max_instances, c.workers), (4 << 30, 10_000, Some(1024)));
+        assert_eq!(parse(&["--max-memory", "64KiB"]).max_memory, 64 << 10);
+        assert_eq!(parse(&["--timeout", "100years"]).timeout, MAX_DURATION);
+    }
+
+    #[test]
+    fn addresses_get_the_syntax_they_need() {
+        let cases = [
+            ("7000", "a port alone is not an address: 7000 on this machine only is 127.0.0.1:7000 or [::1]:7000"),
+            ("localhost:7000", "localhost is a name, and names are not resolved"),
+            ("10.0.0.1", "no port: write e.g. 10.0.0.1:7000"),
+            ("::1:7000", "an IPv6 address goes in brackets, before the port: e.g. [::1]:7000"),
+            ("::1", "e.g. [::1]:7000"),
+            ("fe80::1", "e.g. [fe80::1]:7000"),
+            ("nowhere", "not an address: give an IP address and a port; 7000 on this machine only is 127.0.0.1:7000"),
+            ("*:53", "not an address"),
+        ];
+        for (addr, want) in cases {
+            for flag in ["--listen", "--udp", "--tcp"] {
+                let err = refused(&[flag, addr]);
+                assert!(err.contains(want) && err.contains(flag), "{flag} {addr}: {err}");
+            }
+        }
+        assert!(Config::try_parse_from(["host", "--config", "h.toml", "--metrics", "9090"]).is_err());
+        let c = parse(&["--listen", "[::1]:7000", "--udp", "0.0.0.0:53", "--tcp", "127.0.0.1:0"]);
+        assert_eq!(c.bind_list().len(), 4);
+    }
+
+    #[test]
+    fn flags_that_would_do_nothing_together_are_refused() {
+        let err = |args: &[&str]| parse(args).validate().unwrap_err().to_string();
+        let e = err(&["--udp", "127.0.0.1:0", "--framing", "u16"]);
+        assert!(e.starts_with("--framing u16 has no effect: only --udp addresses are served"), "{e}");
+        let e = err(&["--udp", "127.0.0.1:0", "--tcp-isolation", "connection"]);
+        assert!(e.starts_with("--tcp-isolation connection has no effect"), "{e}");
+        let e = err(&["--listen", "127.0.0.1:7000", "--tcp", "127.0.0.1:7000"]);
+        assert!(e.contains("tcp 127.0.0.1:7000 is given twice"), "{e}");
+        let e = err(&["--udp", "[::1]:53", "--udp", "[::1]:53"]);
+        assert!(e.contains("udp [::1]:53 is given twice"), "{e}");
+        for ok in [
+            &["--udp", "127.0.0.1:0", "--udp", "127.0.0.1:0"][..],
+            &["--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--framing", "u16"],
+            &["--framing", "u32"],
+            &["--udp", "127.0.0.1:7000", "--tcp", "127.0.0.1:7000"],
+            &["--udp", "127.0.0.1:0"],
+        ] {
+            parse(ok).validate().unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
     }
 }

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod framing;

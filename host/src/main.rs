@@ -1,13 +1,14 @@
-//! The `host` binary: parse the command line, start the runtime, call
-//! [`host::run`], and turn a startup error into one line and exit code 2.
+//! The `host` binary: parse the command line, set up the log, then serve
+//! ([`host::run`] on a multi-threaded runtime) or run a subcommand
+//! ([`host::cli`]); a startup error is one line and exit code 2.
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use host::Config;
+use host::cli::{Cli, Command};
+use host::config::LogFormat;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
             // Clap's first paragraph names the bad flag or value (over one or
@@ -19,25 +20,54 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(), // --help, --version
     };
-    // Log lines go through a bounded queue to a thread that writes them to
-    // stderr, so that a worker thread never blocks on a slow or full stderr;
-    // when the queue is full, lines are dropped (lossy). Dropping the guard
-    // writes out the queue: it lives until the end of `main`, and is dropped
-    // before an error is printed so that the error comes last.
-    let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("host-log")
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let Cli { serve: config, command } = cli;
+    let (host_level, extra) = host::cli::default_log_level(command.as_ref());
+    let Some(command) = command else {
+        // What can be checked before anything starts is checked first:
+        // flag combinations, and the services file with each service.
+        let settings = match host::cli::settings(&config) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        let log = init_logging(settings.log_format, host_level, extra);
+        return serve(config, &settings, log);
+    };
+    let log_format = match &command {
+        Command::Check(args) => args.config.log_format,
+        Command::Invoke(args) => args.config.log_format,
+    };
+    let log = init_logging(log_format, host_level, extra);
+    // One thread is plenty for one plugin; compiling uses the blocking
+    // pool (and every core, through wasmtime's parallel compilation).
+    let runtime = tokio::runtime::Builder::new_current_thread().thread_stack_size(WORKER_STACK).enable_all().build();
+    let finished = match runtime {
+        Ok(rt) => {
+            let finished = rt.block_on(host::cli::run(command));
+            rt.shutdown_background();
+            finished
+        }
+        Err(e) => {
+            drop(log);
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(log);
+    finished.print()
+}
 
+/// Serve until SIGTERM or SIGINT; `settings` are the host-wide ones.
+fn serve(
+    config: host::Config,
+    settings: &host::Config,
+    log_guard: tracing_appender::non_blocking::WorkerGuard,
+) -> ExitCode {
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.unwrap_or_else(host::default_workers))
+        .worker_threads(settings.workers.unwrap_or_else(host::default_workers))
         // Plugins called synchronously run on these threads' stacks: room for
         // the wasm stack (`MAX_WASM_STACK`) plus the host frames below it.
         .thread_stack_size(WORKER_STACK)
@@ -66,6 +96,48 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Log to stderr in `format`, filtered by `RUST_LOG` as
+/// [`host::cli::log_directives`] reads it.
+///
+/// Log lines go through a bounded queue to a thread that writes them to
+/// stderr, so that a worker thread never blocks on a slow or full stderr;
+/// when the queue is full, lines are dropped (lossy). Dropping the guard
+/// writes out the queue: it lives until the end of `main`, and is dropped
+/// before an error is printed so that the error comes last.
+fn init_logging(
+    format: LogFormat,
+    host_level: tracing_subscriber::filter::LevelFilter,
+    extra: &[&str],
+) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("host-log")
+        .finish(std::io::stderr());
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let directives = host::cli::log_directives(rust_log.as_deref(), host_level, extra);
+    let (filter, bad) = match EnvFilter::builder().parse(&directives) {
+        Ok(filter) => (filter, None),
+        Err(e) => {
+            let fallback = host::cli::log_directives(None, host_level, extra);
+            (EnvFilter::new(fallback), Some(e))
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        // One object per line: `timestamp`, `level`, `target`, the event's
+        // `fields` (`message` among them) and `spans`, the fields of the
+        // spans it happened in (`service`), outermost first.
+        LogFormat::Json => builder.json().with_current_span(false).with_span_list(true).init(),
+    }
+    if let Some(e) = bad {
+        tracing::warn!("RUST_LOG={:?} ignored: {e}", rust_log.unwrap_or_default());
+    }
+    guard
 }
 
 /// Log lines waiting to be written to stderr, at most. Lines are short but

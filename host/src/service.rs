@@ -339,7 +339,7 @@ async fn expire_idle_instances(dispatcher: Arc<Dispatcher>, reuse: u64, shutdown
 
 /// The host services for the plugin: its namespace, buckets, limits and
 /// variables, on the store `--kv` (or the data directory) names.
-async fn open_services(
+pub(crate) async fn open_services(
     config: &Config,
     namespace: &str,
     stats: Arc<Stats>,

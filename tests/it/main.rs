@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod cli;
 mod clients;
 mod connection;
 mod core;
