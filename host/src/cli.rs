@@ -226,9 +226,9 @@ async fn check(config: &Config, lines: &mut String) -> anyhow::Result<()> {
         // each with its own flags.
         Some(path) => {
             let file = crate::servicefile::with_command_line(crate::servicefile::load(path)?, config)?;
+            // `load` validated every service's flags.
             for service in &file.services {
                 let name = crate::service::service_name(service)?;
-                service.validate().with_context(|| format!("{}: service {name}", path.display()))?;
                 let line = check_plugin(service).await?;
                 *lines += &format!("{}: service {name}: {line}\n", path.display());
             }
@@ -378,11 +378,8 @@ pub fn log_directives(rust_log: Option<&str>, host_level: LevelFilter, extra: &[
 pub fn settings(config: &Config) -> anyhow::Result<Config> {
     match &config.config {
         Some(path) => {
+            // `load` validated every service's flags.
             let file = crate::servicefile::with_command_line(crate::servicefile::load(path)?, config)?;
-            for service in &file.services {
-                let name = crate::service::service_name(service)?;
-                service.validate().with_context(|| format!("{}: service {name}", path.display()))?;
-            }
             Ok(file.host)
         }
         None => {

@@ -154,6 +154,9 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<ServicesFile> {
             return Err(at(table.span(), "a [[service]] without `plugin`: name its .wasm file".into()));
         };
         let config = parse_flags(&host_args, &args, at)?;
+        // The checks between flags (`--framing` without TCP, an address
+        // twice, ...), as on the command line.
+        config.validate().map_err(|e| at(table.span(), e.to_string()))?;
         let path = config.plugin_path()?;
         if !path.is_file() {
             return Err(at(plugin_span, format!("plugin {}: no such file", path.display())));

@@ -185,10 +185,14 @@ pub struct Versions {
 #[derive(Default)]
 struct Book {
     /// Versions that may still be alive, oldest first, with their counters.
-    live: Vec<(Weak<Version>, Arc<Stats>, Arc<Timings>, PluginVersion)>,
+    live: Vec<LiveVersion>,
     /// The counters of dropped versions, added up.
     dropped: Snapshot,
 }
+
+/// A version that may still be alive, and what reports read of it (kept
+/// apart from the version itself so that its counts outlive it).
+type LiveVersion = (Weak<Version>, Arc<Stats>, Arc<Timings>, PluginVersion);
 
 impl Book {
     fn add(&mut self, version: &Arc<Version>) {
