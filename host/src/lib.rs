@@ -86,8 +86,8 @@ impl Server {
         let engine = new_engine(limits)?;
         let ticker = EpochTicker::start(&engine)?;
         let services = Arc::new(open_services(&config, stats.clone()).await?);
-        let loader =
-            Arc::new(Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), services)?);
+        let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), services)?;
+        let loader = Arc::new(loader.with_cache_max_size(config.cache_max_size));
         let path = config.plugin_path()?.to_path_buf();
         let plugin = loader.load(&path, &dispatch::call_limits(&config)).await?;
         let bound = fit_to_world(bound, &config, &plugin)?;

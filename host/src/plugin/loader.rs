@@ -114,6 +114,12 @@ impl Loader {
         Ok(Self { engine, linker, admission, cache, stats, services })
     }
 
+    /// Bound the compile cache to `bytes` (`--cache-max-size`).
+    pub fn with_cache_max_size(mut self, bytes: usize) -> Self {
+        self.cache = self.cache.map(|c| c.with_max_size(bytes as u64));
+        self
+    }
+
     /// The engine plugins are compiled for.
     pub fn engine(&self) -> &Engine {
         &self.engine
