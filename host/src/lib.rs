@@ -15,7 +15,9 @@
 //! - [`stats`]: counters of what happened.
 //! - [`logline`]: the log lines scripts read (`listening ...`, `stats ...`).
 //! - `ratelimit`: log lines a peer can trigger are rate-limited per call site,
-//!   and a plugin's own lines per plugin version.
+//!   and a plugin's own lines per plugin version; UDP requests per source
+//!   (`--udp-source-rate`).
+//! - [`privdrop`]: `--user`, running unprivileged after binding.
 //!
 //! [`run`] ties them together; the `host` binary only parses arguments and
 //! calls it, and the tests call it the same way.
@@ -28,6 +30,7 @@ pub mod kv;
 mod listener;
 pub mod logline;
 pub mod plugin;
+pub mod privdrop;
 mod ratelimit;
 pub mod reload;
 pub mod request;
@@ -77,6 +80,9 @@ impl Server {
             tracing::info!("bound {transport} {}; serving once the plugin is loaded", b.local_addr());
             bound.push(b);
         }
+        // --user: every address is bound; the store, the cache and the
+        // plugins are opened as the user.
+        privdrop::drop_after_bind(&config)?;
         let stats = Arc::new(Stats::default());
         let limits = EngineLimits {
             max_memory: config.max_memory,
