@@ -10,6 +10,7 @@ mod core;
 mod hardening;
 mod isolation;
 mod languages;
+mod ops;
 mod output;
 mod reload;
 mod state;
