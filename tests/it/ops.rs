@@ -36,6 +36,9 @@ fn rollback_puts_the_previous_version_back_and_the_host_serves_it() {
     // Deploy upper the simplest way: copy it over the file.
     std::fs::copy(plugin("upper"), &path).unwrap();
     assert!(eventually(SEEN_WITHIN, serves_upper), "upper was not served");
+    // The history is written in the background after each load.
+    let recorded = || host::plugin::history::versions(cache.path(), &path).unwrap().len();
+    assert!(eventually(SEEN_WITHIN, || recorded() == 2), "{} versions recorded", recorded());
 
     let done = host::plugin::history::rollback(&path, Some(cache.path())).unwrap();
     assert_eq!(done.restored.version, version_of(&plugin("echo")));
