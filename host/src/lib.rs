@@ -15,7 +15,9 @@
 //! - [`stats`]: counters of what happened.
 //! - [`logline`]: the log lines scripts read (`listening ...`, `stats ...`).
 //! - `ratelimit`: log lines a peer can trigger are rate-limited per call site,
-//!   and a plugin's own lines per plugin version.
+//!   and a plugin's own lines per plugin version; UDP requests per source
+//!   (`--udp-source-rate`).
+//! - [`privdrop`]: `--user`, running unprivileged after binding.
 //!
 //! [`run`] ties them together; the `host` binary only parses arguments and
 //! calls it, and the tests call it the same way.
@@ -30,6 +32,7 @@ pub mod kv;
 mod listener;
 pub mod logline;
 pub mod plugin;
+pub mod privdrop;
 mod ratelimit;
 pub mod reload;
 pub mod request;
@@ -89,9 +92,16 @@ impl Server {
             Some(addr) => Some(admin::bind(addr).await?),
             None => None,
         };
-        let mut services = Vec::with_capacity(configs.len());
+        let mut bound = Vec::with_capacity(configs.len());
         for c in configs {
-            services.push(Service::bind(c).await?);
+            bound.push(service::Bound::bind(c)?);
+        }
+        // --user: every address is bound; stores, caches and plugins are
+        // opened as the user.
+        privdrop::drop_after_bind(settings)?;
+        let mut services = Vec::with_capacity(bound.len());
+        for b in bound {
+            services.push(b.load().await?);
         }
         Ok(Server { config, file, services, admin })
     }

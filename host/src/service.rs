@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 
 use crate::config::{self, Config};
 use crate::dispatch::{self, Dispatcher};
-use crate::listener::{self, Bound, ListenerContext};
+use crate::listener::{self, ListenerContext};
 use crate::plugin::{self, admission::Admission, engine, loader::Loader};
 use crate::reload::{ReloadHandle, Reloader};
 use crate::request::Transport;
@@ -33,26 +33,30 @@ use crate::status::ServiceStatus;
 pub struct Service {
     name: String,
     config: Config,
-    bound: Vec<Bound>,
+    bound: Vec<listener::Bound>,
     dispatcher: Arc<Dispatcher>,
     reloader: Reloader,
     ticker: engine::EpochTicker,
     span: tracing::Span,
 }
 
-impl Service {
-    /// Bind every address of `config` and load its plugin.
-    pub async fn bind(config: Config) -> anyhow::Result<Service> {
+/// A service's addresses, bound, before its plugin is loaded.
+pub struct Bound {
+    name: String,
+    config: Config,
+    bound: Vec<listener::Bound>,
+    span: tracing::Span,
+}
+
+impl Bound {
+    /// Bind every address of `config`. An address in use is reported at
+    /// once, not after a plugin has compiled for seconds. Until serving
+    /// starts, TCP is not listening (connections are refused) and datagrams
+    /// wait in the kernel's queue.
+    pub fn bind(config: Config) -> anyhow::Result<Bound> {
         let name = service_name(&config)?;
         let span = tracing::info_span!("service", service = %name);
-        Self::bind_named(config, name, span.clone()).instrument(span).await
-    }
-
-    async fn bind_named(config: Config, name: String, span: tracing::Span) -> anyhow::Result<Service> {
-        // Bind first: an address in use is reported at once, not after a
-        // plugin has compiled for seconds. Until serving starts, TCP is not
-        // listening (connections are refused) and datagrams wait in the
-        // kernel's queue.
+        let _entered = span.enter();
         let mut bound = Vec::new();
         let workers = config.workers.unwrap_or_else(crate::default_workers);
         for (transport, addr) in config.bind_list() {
@@ -60,6 +64,18 @@ impl Service {
             tracing::info!("bound {transport} {}; serving once the plugin is loaded", b.local_addr());
             bound.push(b);
         }
+        drop(_entered);
+        Ok(Bound { name, config, bound, span })
+    }
+
+    /// Open the service's store and load its plugin.
+    pub async fn load(self) -> anyhow::Result<Service> {
+        let span = self.span.clone();
+        self.load_in_span().instrument(span).await
+    }
+
+    async fn load_in_span(self) -> anyhow::Result<Service> {
+        let Bound { name, config, bound, span } = self;
         let stats = Arc::new(Stats::default());
         let limits = engine::EngineLimits {
             max_memory: config.max_memory,
@@ -69,14 +85,21 @@ impl Service {
         let engine = engine::new_engine(limits)?;
         let ticker = engine::EpochTicker::start(&engine)?;
         let services = Arc::new(open_services(&config, &name, stats.clone()).await?);
-        let loader =
-            Arc::new(Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), services)?);
+        let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), services)?;
+        let loader = Arc::new(loader.with_cache_max_size(config.cache_max_size));
         let path = config.plugin_path()?.to_path_buf();
         let plugin = loader.load(&path, &dispatch::call_limits(&config)).await?;
         let bound = fit_to_world(bound, &config, &plugin)?;
         let dispatcher = Arc::new(Dispatcher::new(plugin, &config, stats.clone()));
         let reloader = Reloader::new(path, loader, dispatcher.clone(), stats);
         Ok(Service { name, config, bound, dispatcher, reloader, ticker, span })
+    }
+}
+
+impl Service {
+    /// Bind every address of `config` and load its plugin.
+    pub async fn bind(config: Config) -> anyhow::Result<Service> {
+        Bound::bind(config)?.load().await
     }
 
     /// The service's name.
@@ -270,7 +293,11 @@ pub(crate) fn service_name(config: &Config) -> anyhow::Result<String> {
 /// `connection-handler` plugin serves TCP only, so the UDP half of a
 /// `--listen` (or of the default address) is let go, and `--udp` is an
 /// error.
-fn fit_to_world(bound: Vec<Bound>, config: &Config, plugin: &plugin::Plugin) -> anyhow::Result<Vec<Bound>> {
+fn fit_to_world(
+    bound: Vec<listener::Bound>,
+    config: &Config,
+    plugin: &plugin::Plugin,
+) -> anyhow::Result<Vec<listener::Bound>> {
     let info = plugin.info();
     let per_connection =
         plugin.world() == plugin::World::Connection || config.tcp_isolation == config::TcpIsolation::Connection;

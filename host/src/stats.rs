@@ -78,6 +78,9 @@ counters! {
     requests_dropped,
     /// UDP replies the kernel refused to send (e.g. the peer's port is unreachable).
     udp_send_errors,
+    /// Datagrams dropped unseen because their source was over
+    /// `--udp-source-rate` (not counted in `requests_dropped`).
+    udp_rate_limited,
     /// TCP connections accepted.
     connections,
     /// TCP connections closed by the host: a framing error, idle timeout,

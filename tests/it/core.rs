@@ -363,6 +363,7 @@ fn sigusr1_logs_every_documented_counter() {
         "replies_dropped",
         "requests_dropped",
         "udp_send_errors",
+        "udp_rate_limited",
         "connections",
         "connections_closed",
         "connections_closed_by_host",

@@ -13,6 +13,7 @@ mod deploy;
 mod hardening;
 mod isolation;
 mod languages;
+mod ops;
 mod output;
 mod reload;
 mod services;

@@ -231,6 +231,7 @@ fn counter_help(name: &str) -> &'static str {
         "cache_misses" => "Plugin loads that compiled the component",
         "kv_ops" => "Key-value operations plugins made",
         "kv_errors" => "Key-value operations that returned an error to the plugin",
+        "udp_rate_limited" => "Datagrams dropped unseen because their source was over --udp-source-rate",
         _ => "A host counter (see the README)",
     }
 }

@@ -52,6 +52,8 @@ pub(crate) struct ListenerContext {
     /// host ([`udp::MAX_WAITING`], at most half of `--max-instances`, so
     /// a flood of slow datagrams leaves room for TCP).
     pub udp_waiting: Arc<Semaphore>,
+    /// `--udp-source-rate`: datagrams per second per source, if limited.
+    pub udp_source_rate: Option<crate::ratelimit::SourceLimits>,
     /// Connections and requests moved off a receive loop run here, so that
     /// a shutdown drains them.
     pub tracker: TaskTracker,
@@ -72,6 +74,7 @@ impl ListenerContext {
             tcp_reply: ReplyLimit::tcp(config, config.framing),
             session_reply: ReplyLimit::tcp(config, Framing::Raw),
             udp_waiting: Arc::new(Semaphore::new(udp::MAX_WAITING.min((config.max_instances as usize / 2).max(1)))),
+            udp_source_rate: crate::ratelimit::SourceLimits::new(config.udp_source_rate),
             tracker,
         }
     }

@@ -24,7 +24,8 @@
 //! from another address of a multi-homed host is dropped by the client).
 //!
 //! A datagram over `--max-request` is dropped whole, never truncated and
-//! passed on.
+//! passed on. With `--udp-source-rate`, a datagram from a source over its
+//! rate is dropped before anything else is done with it.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -200,6 +201,16 @@ impl Socket {
     /// counted) if the datagram is not served.
     fn request(&self, slot: &Slot) -> Option<(Request, Option<Source>)> {
         let peer = slot.peer?;
+        if let Some(limit) = &self.ctx.udp_source_rate
+            && !limit.allow(peer.ip())
+        {
+            Stats::incr(&self.ctx.dispatcher.stats().udp_rate_limited);
+            if limit.log_drop(peer.ip()) {
+                let rate = limit.rate();
+                log_limited!(warn, %peer, local = %self.addr, "datagrams dropped: source over --udp-source-rate {rate}/s");
+            }
+            return None;
+        }
         let max = self.ctx.max_request;
         if slot.truncated || slot.len > max {
             Stats::incr(&self.ctx.dispatcher.stats().requests_dropped);

@@ -114,6 +114,12 @@ impl Loader {
         Ok(Self { engine, linker, admission, cache, stats, services })
     }
 
+    /// Bound the compile cache to `bytes` (`--cache-max-size`).
+    pub fn with_cache_max_size(mut self, bytes: usize) -> Self {
+        self.cache = self.cache.map(|c| c.with_max_size(bytes as u64));
+        self
+    }
+
     /// The engine plugins are compiled for.
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -144,7 +150,9 @@ impl Loader {
         // never on the threads that serve requests.
         let engine = self.engine.clone();
         let cache = self.cache.clone();
-        let (component, hit) = tokio::task::spawn_blocking(move || compile(&engine, cache.as_ref(), &bytes, &digest))
+        let bytes = Arc::new(bytes);
+        let b = bytes.clone();
+        let (component, hit) = tokio::task::spawn_blocking(move || compile(&engine, cache.as_ref(), &b, &digest))
             .await
             .map_err(|e| LoadError::Compile { path: p(), message: e.to_string() })?
             .map_err(|e| LoadError::Compile { path: p(), message: one_line(&e) })?;
@@ -199,6 +207,10 @@ impl Loader {
             started.elapsed(),
             if hit { "hit" } else { "miss" },
         );
+        // Validated: keep a copy for `host rollback`.
+        if let Some(cache) = &self.cache {
+            super::history::record_in_background(cache.dir(), path, bytes, &plugin.info.sha256);
+        }
         Ok(plugin)
     }
 }

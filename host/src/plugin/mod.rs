@@ -13,6 +13,7 @@ pub mod bindings;
 pub mod cache;
 pub mod connection;
 pub mod engine;
+pub mod history;
 pub mod loader;
 mod output;
 pub mod services;
