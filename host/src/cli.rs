@@ -68,6 +68,26 @@ pub enum Command {
     /// does not load. A connection-handler plugin gets PAYLOAD as one
     /// `on-data`, then `on-end`; what it writes is printed.
     Invoke(InvokeArgs),
+    /// Put the previous version of a plugin file back in place
+    ///
+    /// Every host records each plugin version it loads (the last 5 per
+    /// path, beside its compile cache). This writes the most recent one
+    /// that differs from the file now at PATH back over it, atomically; a
+    /// host serving PATH then reloads it like any other change. Run twice,
+    /// it goes back and forth between the last two versions.
+    Rollback(RollbackArgs),
+}
+
+/// `host rollback`: which plugin file, and where the host keeps its cache.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The plugin file a host serves (the path it was given).
+    #[arg(long, value_name = "PATH")]
+    pub plugin: std::path::PathBuf,
+    /// The serving host's compile cache directory, if it was given one
+    /// [default: the host's default].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// `host check`: every flag of the server.
@@ -215,6 +235,10 @@ pub async fn run(command: Command) -> Finished {
             }
         }
         Command::Invoke(args) => invoke::invoke(&args).await.unwrap_or_else(|e| Finished::error(2, one_line(&e))),
+        Command::Rollback(args) => match crate::plugin::history::rollback(&args.plugin, args.cache_dir.as_deref()) {
+            Ok(done) => Finished::ok(format!("{done}\n").into_bytes()),
+            Err(e) => Finished::error(2, one_line(&e)),
+        },
     }
 }
 
@@ -342,7 +366,7 @@ fn kv_limits(config: &Config) -> services::KvLimits {
 pub fn default_log_level(command: Option<&Command>) -> (LevelFilter, &'static [&'static str]) {
     match command {
         None => (LevelFilter::INFO, &[]),
-        Some(Command::Check(_)) => (LevelFilter::WARN, &[]),
+        Some(Command::Check(_) | Command::Rollback(_)) => (LevelFilter::WARN, &[]),
         Some(Command::Invoke(_)) => (LevelFilter::WARN, &["host::plugin::state=info", "host::plugin::output=info"]),
     }
 }

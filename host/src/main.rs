@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     let log_format = match &command {
         Command::Check(args) => args.config.log_format,
         Command::Invoke(args) => args.config.log_format,
+        Command::Rollback(_) => host::config::LogFormat::Text,
     };
     let log = init_logging(log_format, host_level, extra);
     // One thread is plenty for one plugin; compiling uses the blocking

@@ -46,9 +46,15 @@ fn rollback_puts_the_previous_version_back_and_the_host_serves_it() {
     assert!(eventually(SEEN_WITHIN, || !serves_upper()), "the rollback to echo was not served");
     assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(plugin("echo")).unwrap());
 
-    // A second rollback returns to the version the first one replaced.
-    let again = host::plugin::history::rollback(&path, Some(cache.path())).unwrap();
-    assert_eq!(again.restored.version, version_of(&plugin("upper")));
+    // A second rollback, with the command an operator types, returns to
+    // the version the first one replaced.
+    let out = Command::new(host_bin())
+        .args(["rollback", "--plugin", &path.display().to_string(), "--cache-dir", &cache_arg])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&version_of(&plugin("upper"))), "{stdout}");
     assert!(eventually(SEEN_WITHIN, serves_upper), "the second rollback was not served");
     assert_eq!(host.stats()["reloads"], 3);
 }
