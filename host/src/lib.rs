@@ -16,6 +16,7 @@
 //! - [`logline`]: the log lines scripts read (`listening ...`, `stats ...`).
 //! - `ratelimit`: log lines a peer can trigger are rate-limited per call site,
 //!   and a plugin's own lines per plugin version.
+//! - [`systemd`]: sockets passed by socket activation, and `sd_notify`.
 //!
 //! [`run`] ties them together; the `host` binary only parses arguments and
 //! calls it, and the tests call it the same way.
@@ -33,6 +34,7 @@ pub mod reload;
 pub mod request;
 pub mod stats;
 pub mod status;
+pub mod systemd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,10 +75,11 @@ impl Server {
         let mut bound = Vec::new();
         let workers = config.workers.unwrap_or_else(default_workers);
         for (transport, addr) in config.bind_list() {
-            let b = listener::bind(transport, addr, workers)?;
+            let b = listener::bind(transport, addr, workers, config.reuse_port)?;
             tracing::info!("bound {transport} {}; serving once the plugin is loaded", b.local_addr());
             bound.push(b);
         }
+        systemd::warn_unclaimed();
         let stats = Arc::new(Stats::default());
         let limits = EngineLimits {
             max_memory: config.max_memory,
@@ -142,13 +145,13 @@ impl Server {
         }
         let info = dispatcher.versions().current().plugin().info().clone();
         tracing::info!("ready: serving plugin {} version {}", info.name, info.version);
+        systemd::notify_ready();
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests for up to {:?}", config.drain_timeout);
+        systemd::notify_stopping();
         token.cancel();
         tracker.close();
-        if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
-            tracing::warn!("drain timeout: {} tasks still running are abandoned", tracker.len());
-        }
+        listener::drain(&ctx, &tracker, config.drain_timeout).await;
         // The reload task ends at `token`, abandoning a compile in progress;
         // aborting it too means no reload can hold up the exit.
         reload_task.abort();

@@ -7,6 +7,9 @@ use clap::Parser as _;
 use host::Config;
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet (the log writer and the runtime
+    // start below); this unsets the LISTEN_* variables of socket activation.
+    unsafe { host::systemd::adopt_listen_fds() };
     let config = match Config::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
