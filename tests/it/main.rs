@@ -13,3 +13,5 @@ mod languages;
 mod output;
 mod reload;
 mod state;
+mod systemd;
+mod upgrade;
