@@ -167,3 +167,57 @@ fn a_passed_socket_no_address_asks_for_is_a_warning() {
     assert_eq!(host.logs.count("is not served"), 1);
     assert_eq!(line_roundtrip(&mut tcp_connect(tcp), b"hi"), b"hi\n");
 }
+
+/// `KEY=value` lines of a unit file, continuation lines joined.
+fn unit_values(text: &str, key: &str) -> Vec<String> {
+    let joined = text.replace("\\\n", " ");
+    joined.lines().filter_map(|l| l.strip_prefix(&format!("{key}="))).map(|v| v.trim().to_string()).collect()
+}
+
+#[test]
+fn the_example_units_agree_with_each_other_and_with_the_host() {
+    let dir = root().join("examples/systemd");
+    let socket = std::fs::read_to_string(dir.join("wasm-sockets.socket")).unwrap();
+    let service = std::fs::read_to_string(dir.join("wasm-sockets.service")).unwrap();
+    assert_eq!(unit_values(&service, "Type"), ["notify"]);
+    assert_eq!(unit_values(&service, "ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+
+    // What the socket unit passes is exactly what the host is told to serve.
+    let exec = unit_values(&service, "ExecStart").join(" ");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    let mut asked: Vec<String> = words
+        .windows(2)
+        .filter(|w| w[0] == "--listen")
+        .flat_map(|w| [format!("tcp {}", w[1]), format!("udp {}", w[1])])
+        .collect();
+    let mut passed: Vec<String> = unit_values(&socket, "ListenStream").iter().map(|a| format!("tcp {a}")).collect();
+    passed.extend(unit_values(&socket, "ListenDatagram").iter().map(|a| format!("udp {a}")));
+    asked.sort();
+    passed.sort();
+    assert_eq!(asked, passed);
+
+    // Every flag it gives exists.
+    let help = Command::new(host_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in words.iter().filter(|w| w.starts_with("--")) {
+        assert!(help.contains(&format!("{flag} ")), "host has no {flag}");
+    }
+
+    // systemd's own check, where it is installed, with the binary under test.
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: the units are not verified by systemd");
+        return;
+    };
+    assert!(out.status.success());
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("wasm-sockets.socket"), &socket).unwrap();
+    std::fs::write(tmp.path().join("wasm-sockets.service"), service.replace("/usr/local/bin/host", host_bin()))
+        .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "wasm-sockets.socket", "wasm-sockets.service"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+}

@@ -292,7 +292,7 @@ mod tests {
     /// behind, and the steering program keeps new connections away.
     #[tokio::test]
     async fn a_listener_finds_its_index_and_steers_connections_away() {
-        for first in ["127.0.0.1:0", "[::1]:0"] {
+        for first in ["127.0.0.1:0", "[::1]:0", "0.0.0.0:0", "[::]:0"] {
             let a = listener(first.parse().unwrap());
             let addr = a.local_addr().unwrap();
             let (b, c) = (listener(addr), listener(addr));
@@ -307,6 +307,45 @@ mod tests {
             let (to_a, to_b, to_c) = (accept_all(&a), accept_all(&b), accept_all(&c));
             assert_eq!((to_a + to_c, to_b), (clients.len(), 0), "{addr}");
             assert!(to_a > 50 && to_c > 50, "{addr}: the others share them: {to_a} and {to_c}");
+        }
+    }
+
+    fn udp_member(addr: SocketAddr) -> std::net::UdpSocket {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s.into()
+    }
+
+    fn received(s: &std::net::UdpSocket) -> Vec<Vec<u8>> {
+        let mut buf = [0u8; 64];
+        std::iter::from_fn(|| s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())).collect()
+    }
+
+    /// The kernel behaviour the UDP handover relies on: a socket that left
+    /// its group keeps what was queued and gets nothing more.
+    #[test]
+    fn a_udp_socket_that_left_its_group_keeps_its_queue_and_gets_nothing_new() {
+        for first in ["127.0.0.1:0", "0.0.0.0:0", "[::1]:0"] {
+            let old = udp_member(first.parse().unwrap());
+            let addr = old.local_addr().unwrap();
+            let new = udp_member(addr);
+            let to = SocketAddr::new(concrete(addr.ip()), addr.port());
+            let bind = if to.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+            let peers: Vec<_> = (0..64).map(|_| std::net::UdpSocket::bind(bind).unwrap()).collect();
+            for p in &peers {
+                p.send_to(b"before", to).unwrap();
+            }
+            leave_udp_group(SockRef::from(&old), addr).unwrap();
+            for p in &peers {
+                p.send_to(b"after", to).unwrap();
+            }
+            let (to_old, to_new) = (received(&old), received(&new));
+            assert!(to_old.iter().all(|d| d == b"before") && !to_old.is_empty(), "{first}: {to_old:?}");
+            assert_eq!(to_old.len() + to_new.len(), 2 * peers.len(), "{first}");
+            // And it can still answer the peers whose datagrams it holds.
+            old.send_to(b"reply", peers[0].local_addr().unwrap()).unwrap();
         }
     }
 
