@@ -19,7 +19,7 @@ const TCP_OPENERS: usize = 4;
 /// Connections open through the whole upgrade, one request after another.
 const TCP_LONG_LIVED: usize = 2;
 /// How long a request may wait for its reply before it counts as lost.
-const LOST_AFTER: Duration = Duration::from_secs(3);
+const LOST_AFTER: Duration = REPLY_TIMEOUT;
 
 /// What one load thread saw.
 #[derive(Debug, Default)]
@@ -215,4 +215,26 @@ fn without_reuse_port_a_second_host_on_the_same_address_fails_in_one_line() {
             assert!(errors[0].contains("--reuse-port"), "{}", errors[0]);
         }
     }
+}
+
+/// A new host that cannot start (here: its plugin is not WebAssembly) takes
+/// no traffic meanwhile: its UDP sockets join the group only once it
+/// serves, as its TCP listener does, so nothing is queued to it and lost.
+#[test]
+fn a_new_host_that_fails_to_start_loses_nothing() {
+    let old = Host::start(&echo_args(&["--listen", "127.0.0.1:0", "--reuse-port"]));
+    let (udp, tcp) = (old.udp(), old.tcp());
+    let load = Load::start(udp, tcp);
+    std::thread::sleep(Duration::from_millis(200));
+    let (dir, broken) = temp_file("broken.wasm", b"not a component");
+    let data = dir.path().join("data").display().to_string();
+    for _ in 0..5 {
+        let (u, t) = (udp.to_string(), tcp.to_string());
+        let args = ["--plugin", &broken, "--udp", &u, "--tcp", &t, "--reuse-port", "--no-cache", "--data-dir", &data];
+        let (code, stderr) = run_host(&args);
+        assert_eq!(code, Some(2), "{stderr}");
+    }
+    let (answered, failures) = load.finish();
+    assert!(failures.is_empty(), "{} of {} requests failed:\n{}", failures.len(), answered, failures.join("\n"));
+    assert!(answered > 10, "only {answered} requests under load");
 }

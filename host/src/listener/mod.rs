@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use nix::sys::socket::{setsockopt, sockopt};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -137,6 +137,13 @@ impl Bound {
         let (transport, addr) = (self.transport(), self.local_addr());
         match self {
             Bound::Udp(sockets) => {
+                if sockets.bind_at_serve {
+                    for socket in &sockets.sockets {
+                        SockRef::from(socket)
+                            .bind(&addr.into())
+                            .with_context(|| format!("cannot listen on {transport} {addr}"))?;
+                    }
+                }
                 ctx.tracker.spawn(udp::serve(sockets, ctx.clone(), shutdown));
             }
             Bound::Tcp(socket, _, origin) => {
@@ -207,7 +214,13 @@ fn adopt(inherited: systemd::Inherited, transport: Transport, addr: SocketAddr) 
             set_pktinfo(&socket, addr, pktinfo).with_context(|| format!("cannot serve {what}"))?;
             let socket =
                 tokio::net::UdpSocket::from_std(socket.into()).with_context(|| format!("cannot serve {what}"))?;
-            Ok(Bound::Udp(udp::UdpSockets { sockets: vec![socket], addr, pktinfo, origin: Origin::Inherited }))
+            Ok(Bound::Udp(udp::UdpSockets {
+                sockets: vec![socket],
+                addr,
+                pktinfo,
+                origin: Origin::Inherited,
+                bind_at_serve: false,
+            }))
         }
     }
 }
@@ -256,8 +269,13 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<So
 /// Without `reuse_port`, a plain socket binds `addr` first, as a probe: it
 /// resolves port 0 and fails if any other socket holds the port, even one
 /// with SO_REUSEPORT (a second `host` on the same port must not silently
-/// share its traffic). With it, the first socket of the group resolves
-/// port 0 and the others join it, as another host's may.
+/// share its traffic).
+///
+/// With `reuse_port`, the sockets of a given port are bound when serving
+/// starts, not now: a bound socket joins the group at once, and the kernel
+/// would queue datagrams to a host that is still loading its plugin, and
+/// lose them if it then fails to start. On port 0 they are bound now (the
+/// first resolves the port; nobody else can be in a group it just made).
 fn bind_udp(addr: SocketAddr, count: usize, reuse_port: bool) -> std::io::Result<udp::UdpSockets> {
     let mut addr = addr;
     if !reuse_port {
@@ -265,6 +283,7 @@ fn bind_udp(addr: SocketAddr, count: usize, reuse_port: bool) -> std::io::Result
         probe.bind(&addr.into())?;
         addr = probe.local_addr()?.as_socket().unwrap_or(addr);
     }
+    let join_later = reuse_port && addr.port() != 0;
     let pktinfo = addr.ip().is_unspecified();
     let mut sockets = Vec::with_capacity(count);
     for i in 0..count {
@@ -272,14 +291,16 @@ fn bind_udp(addr: SocketAddr, count: usize, reuse_port: bool) -> std::io::Result
         let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
         set_pktinfo(&socket, addr, pktinfo)?;
         socket.set_reuse_port(true)?;
-        socket.bind(&addr.into())?;
-        addr = socket.local_addr()?.as_socket().unwrap_or(addr);
+        if !join_later {
+            socket.bind(&addr.into())?;
+            addr = socket.local_addr()?.as_socket().unwrap_or(addr);
+        }
         if i == 0 {
             warn_if_buffer_small(&socket, addr);
         }
         sockets.push(tokio::net::UdpSocket::from_std(socket.into())?);
     }
-    Ok(udp::UdpSockets { sockets, addr, pktinfo, origin: origin(reuse_port) })
+    Ok(udp::UdpSockets { sockets, addr, pktinfo, origin: origin(reuse_port), bind_at_serve: join_later })
 }
 
 /// On a wildcard socket, have every datagram say which address it was sent to.

@@ -83,6 +83,8 @@ pub(crate) struct UdpSockets {
     pub pktinfo: bool,
     /// Whether they hand the address over at shutdown.
     pub origin: Origin,
+    /// Not bound yet: they join their reuseport group when serving starts.
+    pub bind_at_serve: bool,
 }
 
 /// One socket and what its receive loops share.
