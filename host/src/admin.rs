@@ -60,8 +60,24 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Bind the admin address. Done before the plugins load, like the
 /// services' own addresses, so an address in use is reported at once.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot serve --metrics on {addr}: {e}"))
+///
+/// With `reuse_port` (`--reuse-port`), the address may be shared with
+/// another host during an upgrade of the binary, as the services' are:
+/// scrapes and probes go to either until the old one exits.
+pub async fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    bind().map_err(|e| anyhow::anyhow!("cannot serve --metrics on {addr}: {e}"))
 }
 
 /// Serve the admin endpoint on `listener` until `shutdown` is cancelled,
@@ -392,7 +408,7 @@ mod tests {
     }
 
     async fn start(limits: Limits) -> Admin {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), false).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fake = Arc::new(Fake(Mutex::new(services())));
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -680,9 +696,9 @@ mod tests {
 
     #[tokio::test]
     async fn bind_names_the_flag_and_address() {
-        let taken = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let taken = bind("127.0.0.1:0".parse().unwrap(), false).await.unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = bind(addr).await.unwrap_err().to_string();
+        let e = bind(addr, false).await.unwrap_err().to_string();
         assert!(e.starts_with(&format!("cannot serve --metrics on {addr}: ")), "{e}");
     }
 }

@@ -18,6 +18,7 @@
 //!   and a plugin's own lines per plugin version; UDP requests per source
 //!   (`--udp-source-rate`).
 //! - [`privdrop`]: `--user`, running unprivileged after binding.
+//! - [`systemd`]: sockets passed by socket activation, and `sd_notify`.
 //!
 //! [`run`] ties them together; the `host` binary only parses arguments and
 //! calls it, and the tests call it the same way.
@@ -40,7 +41,7 @@ pub mod service;
 pub mod servicefile;
 pub mod stats;
 pub mod status;
-mod systemd;
+pub mod systemd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,13 +90,14 @@ impl Server {
         // Bound first, like the services' addresses: an address in use is
         // reported before any plugin compiles.
         let admin = match settings.metrics {
-            Some(addr) => Some(admin::bind(addr).await?),
+            Some(addr) => Some(admin::bind(addr, settings.reuse_port).await?),
             None => None,
         };
         let mut bound = Vec::with_capacity(configs.len());
         for c in configs {
             bound.push(service::Bound::bind(c)?);
         }
+        systemd::warn_unclaimed();
         // --user: every address is bound; stores, caches and plugins are
         // opened as the user.
         privdrop::drop_after_bind(settings)?;

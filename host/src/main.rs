@@ -8,6 +8,9 @@ use host::cli::{Cli, Command};
 use host::config::LogFormat;
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet (the log writer and the runtime
+    // start below); this unsets the LISTEN_* variables of socket activation.
+    unsafe { host::systemd::adopt_listen_fds() };
     let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {

@@ -60,7 +60,7 @@ impl Bound {
         let mut bound = Vec::new();
         let workers = config.workers.unwrap_or_else(crate::default_workers);
         for (transport, addr) in config.bind_list() {
-            let b = listener::bind(transport, addr, workers)?;
+            let b = listener::bind(transport, addr, workers, config.reuse_port)?;
             tracing::info!("bound {transport} {}; serving once the plugin is loaded", b.local_addr());
             bound.push(b);
         }
@@ -153,7 +153,7 @@ impl Service {
         }
         let info = dispatcher.versions().current().plugin().info().clone();
         tracing::info!("serving plugin {} version {}", info.name, info.version);
-        Ok(Running { name, config, addrs, dispatcher, token, tracker, tasks, reload, _ticker: ticker })
+        Ok(Running { name, config, addrs, dispatcher, ctx, token, tracker, tasks, reload, _ticker: ticker })
     }
 }
 
@@ -163,6 +163,7 @@ pub struct Running {
     config: Config,
     addrs: Vec<(Transport, SocketAddr)>,
     dispatcher: Arc<Dispatcher>,
+    ctx: Arc<ListenerContext>,
     token: CancellationToken,
     tracker: TaskTracker,
     tasks: Vec<JoinHandle<()>>,
@@ -221,12 +222,12 @@ impl Running {
     /// Stop accepting, let in-flight requests finish for up to
     /// `drain_timeout`, and return the service's counters.
     pub async fn stop(self, drain_timeout: Duration) -> Snapshot {
-        let Running { name, dispatcher, token, tracker, tasks, .. } = self;
+        let Running { name, dispatcher, ctx, token, tracker, tasks, .. } = self;
         token.cancel();
         tracker.close();
-        if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
-            tracing::warn!(service = %name, "drain timeout: {} tasks still running are abandoned", tracker.len());
-        }
+        listener::drain(&ctx, &tracker, drain_timeout)
+            .instrument(tracing::info_span!("service", service = %name))
+            .await;
         // The reload task ends at `token`, abandoning a compile in progress;
         // aborting it too means no reload can hold up the exit.
         for task in &tasks {

@@ -18,3 +18,5 @@ mod output;
 mod reload;
 mod services;
 mod state;
+mod systemd;
+mod upgrade;

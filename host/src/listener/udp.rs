@@ -26,6 +26,11 @@
 //! A datagram over `--max-request` is dropped whole, never truncated and
 //! passed on. With `--udp-source-rate`, a datagram from a source over its
 //! rate is dropped before anything else is done with it.
+//!
+//! At shutdown a socket shared with other hosts ([`Origin::Shared`]) leaves
+//! its `SO_REUSEPORT` group (the kernel queues nothing more to it), serves
+//! the datagrams already queued until none has come for
+//! [`HANDOVER_QUIET`], and only then closes: none is lost.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -48,7 +53,7 @@ use crate::ratelimit::log_limited;
 use crate::request::{Request, Transport};
 use crate::stats::Stats;
 
-use super::ListenerContext;
+use super::{ListenerContext, Origin, reuseport, sleep_or_never};
 
 /// Datagrams taken per `recvmmsg` and sent per `sendmmsg`.
 const BATCH: usize = 32;
@@ -64,6 +69,10 @@ pub const MAX_WAITING: usize = 256;
 /// How long a receive loop runs a batch's requests itself; the rest go to
 /// tasks of their own.
 const BATCH_BUDGET: Duration = Duration::from_millis(1);
+/// A socket handing its address over closes once it has been empty for
+/// this long after leaving its group (a datagram the kernel was queueing
+/// as it left arrives within microseconds).
+const HANDOVER_QUIET: Duration = Duration::from_millis(50);
 
 /// The sockets bound to one UDP address, one per worker.
 pub(crate) struct UdpSockets {
@@ -73,6 +82,10 @@ pub(crate) struct UdpSockets {
     /// Whether the address is a wildcard, so that every datagram carries
     /// its destination address (`IP_PKTINFO`).
     pub pktinfo: bool,
+    /// Whether they hand the address over at shutdown.
+    pub origin: Origin,
+    /// Not bound yet: they join their reuseport group when serving starts.
+    pub bind_at_serve: bool,
 }
 
 /// One socket and what its receive loops share.
@@ -80,6 +93,9 @@ struct Socket {
     socket: UdpSocket,
     addr: SocketAddr,
     pktinfo: bool,
+    origin: Origin,
+    /// Left its reuseport group (once, whichever loop gets there first).
+    left_group: std::sync::Once,
     ctx: Arc<ListenerContext>,
 }
 
@@ -115,7 +131,14 @@ pub(crate) async fn serve(bound: UdpSockets, ctx: Arc<ListenerContext>, shutdown
     // Which socket each loop serves, to replace a loop that panicked.
     let mut serving = std::collections::HashMap::new();
     for socket in bound.sockets {
-        let socket = Arc::new(Socket { socket, addr: bound.addr, pktinfo: bound.pktinfo, ctx: ctx.clone() });
+        let socket = Arc::new(Socket {
+            socket,
+            addr: bound.addr,
+            pktinfo: bound.pktinfo,
+            origin: bound.origin,
+            left_group: std::sync::Once::new(),
+            ctx: ctx.clone(),
+        });
         for _ in 0..LOOPS_PER_SOCKET {
             let id = tasks.spawn(receive_loop(socket.clone(), shutdown.clone())).id();
             serving.insert(id, socket.clone());
@@ -145,58 +168,98 @@ struct Slot {
     destination: Option<Destination>,
 }
 
+/// Serve `socket` until `shutdown`, then, if it is shared, hand it over.
 async fn receive_loop(socket: Arc<Socket>, shutdown: CancellationToken) {
-    let ctx = &socket.ctx;
-    // One more byte than accepted: a datagram that fills it was too long.
-    let size = ctx.max_request.saturating_add(1).min(MAX_DATAGRAM);
-    let mut slots: Vec<Slot> = (0..BATCH)
-        .map(|_| Slot { buf: vec![0; size], len: 0, truncated: false, peer: None, destination: None })
-        .collect();
-    let mut replies: Vec<Datagram> = Vec::with_capacity(BATCH);
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            r = socket.socket.async_io(Interest::READABLE, || recv_batch(&socket, &mut slots)) => r,
-        };
-        let n = match received {
-            Ok(n) => n,
-            Err(e) => {
-                // E.g. ICMP port unreachable reported for an earlier send.
-                tracing::debug!(local = %socket.addr, "udp receive error: {e}");
-                continue;
-            }
-        };
-        // Requests of one batch run one after another in one sequence (in
-        // reuse mode, on one instance): the fastest way through a batch of
-        // quick requests.
-        let mut sequence = ctx.dispatcher.sequence();
-        let started = Instant::now();
-        for slot in &slots[..n] {
-            let Some((req, source)) = socket.request(slot) else { continue };
-            let peer = req.peer;
-            let mut call = sequence.start(req, ctx.udp_reply);
-            if started.elapsed() > BATCH_BUDGET {
-                socket.finish_elsewhere(call, peer, source);
-                continue;
-            }
-            match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-                Poll::Ready((outcome, lease)) => {
-                    sequence.keep(lease);
-                    if let Outcome::Reply(bytes) = outcome {
-                        replies.push(Datagram { peer, source, bytes });
-                    }
+    let mut batch = Batch::new(&socket.ctx);
+    batch.serve(&socket, &shutdown, None).await;
+    if socket.origin != Origin::Shared || socket.ctx.handover_end.is_cancelled() {
+        return;
+    }
+    socket.leave_group();
+    batch.serve(&socket, &socket.ctx.handover_end, Some(HANDOVER_QUIET)).await;
+}
+
+/// A receive loop's buffers: the datagrams of one batch and their replies.
+struct Batch {
+    slots: Vec<Slot>,
+    replies: Vec<Datagram>,
+}
+
+impl Batch {
+    fn new(ctx: &ListenerContext) -> Batch {
+        // One more byte than accepted: a datagram that fills it was too long.
+        let size = ctx.max_request.saturating_add(1).min(MAX_DATAGRAM);
+        let slots = (0..BATCH)
+            .map(|_| Slot { buf: vec![0; size], len: 0, truncated: false, peer: None, destination: None })
+            .collect();
+        Batch { slots, replies: Vec::with_capacity(BATCH) }
+    }
+
+    /// Receive and serve until `stop`, or, with `quiet`, until nothing has
+    /// come for that long.
+    async fn serve(&mut self, socket: &Arc<Socket>, stop: &CancellationToken, quiet: Option<Duration>) {
+        let ctx = &socket.ctx;
+        let Batch { slots, replies } = self;
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = sleep_or_never(quiet) => return,
+                r = socket.socket.async_io(Interest::READABLE, || recv_batch(socket, slots)) => r,
+            };
+            let n = match received {
+                Ok(n) => n,
+                Err(e) => {
+                    // E.g. ICMP port unreachable reported for an earlier send.
+                    tracing::debug!(local = %socket.addr, "udp receive error: {e}");
+                    continue;
                 }
-                Poll::Pending => socket.finish_elsewhere(call, peer, source),
+            };
+            // Requests of one batch run one after another in one sequence (in
+            // reuse mode, on one instance): the fastest way through a batch of
+            // quick requests.
+            let mut sequence = ctx.dispatcher.sequence();
+            let started = Instant::now();
+            for slot in &slots[..n] {
+                let Some((req, source)) = socket.request(slot) else { continue };
+                let peer = req.peer;
+                let mut call = sequence.start(req, ctx.udp_reply);
+                if started.elapsed() > BATCH_BUDGET {
+                    socket.finish_elsewhere(call, peer, source);
+                    continue;
+                }
+                match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+                    Poll::Ready((outcome, lease)) => {
+                        sequence.keep(lease);
+                        if let Outcome::Reply(bytes) = outcome {
+                            replies.push(Datagram { peer, source, bytes });
+                        }
+                    }
+                    Poll::Pending => socket.finish_elsewhere(call, peer, source),
+                }
             }
+            drop(sequence);
+            socket.send_all(replies).await;
+            replies.clear();
         }
-        drop(sequence);
-        socket.send_all(&replies).await;
-        replies.clear();
     }
 }
 
 impl Socket {
+    /// Leave the reuseport group: the datagrams of every peer go to the
+    /// other hosts' sockets from now on.
+    fn leave_group(&self) {
+        self.left_group.call_once(|| {
+            if let Err(e) = reuseport::leave_udp_group(socket2::SockRef::from(&self.socket), self.addr) {
+                tracing::warn!(
+                    "udp {}: cannot hand it over to the other hosts sharing it ({e}); \
+                     datagrams queued to it after it closes are lost",
+                    self.addr
+                );
+            }
+        });
+    }
+
     /// The request in `slot`, and the address to reply from; `None` (and
     /// counted) if the datagram is not served.
     fn request(&self, slot: &Slot) -> Option<(Request, Option<Source>)> {

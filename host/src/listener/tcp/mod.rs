@@ -37,13 +37,19 @@ use crate::plugin::World;
 use crate::ratelimit::log_limited;
 use crate::stats::Stats;
 
-use super::ListenerContext;
+use super::{ListenerContext, Origin, reuseport, sleep_or_never};
 
 /// Reply bytes a connection collects before writing them out.
 pub const OUTPUT_HIGH_WATER: usize = 64 << 10;
 /// Pause after an accept error such as EMFILE, so the loop does not spin
 /// while file descriptors are exhausted; it retries after the pause.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// A listener handing its address over closes once no connection has come
+/// for this long after new ones were steered away: connections whose
+/// handshake was under way complete within a round trip. One whose SYN-ACK
+/// is lost takes a second or more, and is reset (unless
+/// `net.ipv4.tcp_migrate_req` moves it to another listener).
+pub const HANDOVER_QUIET: Duration = Duration::from_millis(1000);
 
 /// Accept connections until `shutdown`; each runs on the context's tracker.
 ///
@@ -51,7 +57,18 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// listener takes a connection slot only once a peer is waiting on it:
 /// holding a slot while waiting in `accept` would starve the other
 /// listeners.
-pub(crate) async fn serve(listener: std::net::TcpListener, ctx: Arc<ListenerContext>, shutdown: CancellationToken) {
+///
+/// A listener shared with other hosts ([`Origin::Shared`]) then hands its
+/// address over: new connections are steered to the other listeners of
+/// its group, and this one accepts what is queued in it and on its way to
+/// it until none has come for [`HANDOVER_QUIET`]; its connections are
+/// served until their peers close them (or the drain ends).
+pub(crate) async fn serve(
+    listener: std::net::TcpListener,
+    origin: Origin,
+    ctx: Arc<ListenerContext>,
+    shutdown: CancellationToken,
+) {
     let listening = listener.local_addr().ok();
     // SAFETY: the `AsyncFd` owns the listener, a `std::net::TcpListener`
     // whose `OwnedFd` stays open, and is the same descriptor, until the
@@ -63,61 +80,94 @@ pub(crate) async fn serve(listener: std::net::TcpListener, ctx: Arc<ListenerCont
             return;
         }
     };
-    loop {
-        let mut ready = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.readable() => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(local = ?listening, "cannot serve: {e}");
-                    return;
-                }
-            },
-        };
-        // Over --max-connections, stop accepting: new peers wait in the
-        // kernel's backlog until a connection closes.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = ctx.connections.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
-        let accepted = match ready.try_io(|l| l.get_ref().accept()) {
-            Ok(accepted) => accepted.and_then(|(s, peer)| {
-                s.set_nonblocking(true)?;
-                Ok((TcpStream::from_std(s)?, peer))
-            }),
-            // Another wake-up, or the peer gave up: wait again, without the slot.
-            Err(_would_block) => continue,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                log_limited!(warn, local = ?listening, "accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                drop(permit);
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let stats = ctx.dispatcher.stats();
-        Stats::incr(&stats.connections);
-        let (ctx2, shutdown) = (ctx.clone(), shutdown.clone());
-        ctx.tracker.spawn(async move {
-            let _permit = permit;
-            let ctx = ctx2;
-            let result = serve_connection(stream, peer, &ctx, shutdown).await;
-            let stats = ctx.dispatcher.stats();
-            Stats::incr(&stats.connections_closed);
-            match result {
-                Ok(()) => {}
-                Err(e) if e.closed_by_host() => {
-                    Stats::incr(&stats.connections_closed_by_host);
-                    if let ConnError::Retired(_) = e {
-                        Stats::incr(&stats.connections_retired);
+    let connections = if origin == Origin::Shared { ctx.handover_end.clone() } else { shutdown.clone() };
+    let accepting = Accepting { listener: &listener, listening, ctx: &ctx, connections };
+    accepting.run(&shutdown, None).await;
+    let Some(addr) = listening.filter(|_| origin == Origin::Shared && !ctx.handover_end.is_cancelled()) else {
+        return;
+    };
+    match reuseport::steer_away(listener.get_ref(), addr).await {
+        Ok(0) => tracing::info!("tcp {addr}: no other host listens on it; new connections are refused from now"),
+        Ok(n) => {
+            tracing::info!("tcp {addr}: new connections go to the {n} other listener(s) of its SO_REUSEPORT group")
+        }
+        Err(e) => tracing::warn!(
+            "tcp {addr}: cannot steer new connections to the other hosts sharing it ({e}); \
+             connections that reach it after it closes are reset"
+        ),
+    }
+    accepting.run(&ctx.handover_end, Some(HANDOVER_QUIET)).await;
+}
+
+/// The accept loop of one listener.
+struct Accepting<'a> {
+    listener: &'a AsyncFd<std::net::TcpListener>,
+    listening: Option<std::net::SocketAddr>,
+    ctx: &'a Arc<ListenerContext>,
+    /// Ends the accepted connections (between two requests).
+    connections: CancellationToken,
+}
+
+impl Accepting<'_> {
+    /// Accept until `stop`, or, with `quiet`, until none came for that long.
+    async fn run(&self, stop: &CancellationToken, quiet: Option<Duration>) {
+        let (ctx, listening) = (self.ctx, self.listening);
+        loop {
+            let mut ready = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = sleep_or_never(quiet) => return,
+                r = self.listener.readable() => match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(local = ?listening, "cannot serve: {e}");
+                        return;
                     }
-                    log_limited!(info, %peer, "closing connection: {e}");
+                },
+            };
+            // Over --max-connections, stop accepting: new peers wait in the
+            // kernel's backlog until a connection closes.
+            let permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = ctx.connections.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let accepted = match ready.try_io(|l| l.get_ref().accept()) {
+                Ok(accepted) => accepted.and_then(|(s, peer)| {
+                    s.set_nonblocking(true)?;
+                    Ok((TcpStream::from_std(s)?, peer))
+                }),
+                // Another wake-up, or the peer gave up: wait again, without the slot.
+                Err(_would_block) => continue,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    log_limited!(warn, local = ?listening, "accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                    drop(permit);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
-                Err(e) => tracing::debug!(%peer, "connection ended: {e}"),
-            }
-        });
+            };
+            let stats = ctx.dispatcher.stats();
+            Stats::incr(&stats.connections);
+            let (ctx, shutdown) = (ctx.clone(), self.connections.clone());
+            self.ctx.tracker.spawn(async move {
+                let _permit = permit;
+                let result = serve_connection(stream, peer, &ctx, shutdown).await;
+                let stats = ctx.dispatcher.stats();
+                Stats::incr(&stats.connections_closed);
+                match result {
+                    Ok(()) => {}
+                    Err(e) if e.closed_by_host() => {
+                        Stats::incr(&stats.connections_closed_by_host);
+                        if let ConnError::Retired(_) = e {
+                            Stats::incr(&stats.connections_retired);
+                        }
+                        log_limited!(info, %peer, "closing connection: {e}");
+                    }
+                    Err(e) => tracing::debug!(%peer, "connection ended: {e}"),
+                }
+            });
+        }
     }
 }
 
