@@ -19,6 +19,7 @@ pub(crate) mod udp;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use anyhow::Context as _;
 use nix::sys::socket::{setsockopt, sockopt};
@@ -147,7 +148,7 @@ impl Bound {
                             .with_context(|| format!("cannot listen on {transport} {addr}"))?;
                     }
                 }
-                ctx.tracker.spawn(udp::serve(sockets, ctx.clone(), shutdown));
+                ctx.tracker.spawn(udp::serve(sockets, ctx.clone(), shutdown).in_current_span());
             }
             Bound::Tcp(socket, _, origin) => {
                 // A socket systemd passed may listen already, with the
@@ -159,7 +160,7 @@ impl Bound {
                     reuseport::clear_steering(&socket);
                 }
                 let listener: std::net::TcpListener = socket.into();
-                ctx.tracker.spawn(tcp::serve(listener, origin, ctx.clone(), shutdown));
+                ctx.tracker.spawn(tcp::serve(listener, origin, ctx.clone(), shutdown).in_current_span());
             }
         }
         // One parseable line per listener, e.g. `listening udp 127.0.0.1:7000`.

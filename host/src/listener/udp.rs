@@ -33,12 +33,14 @@
 //! [`HANDOVER_QUIET`], and only then closes: none is lost.
 
 use std::io::{self, IoSlice, IoSliceMut};
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use nix::sys::socket::{
@@ -140,7 +142,7 @@ pub(crate) async fn serve(bound: UdpSockets, ctx: Arc<ListenerContext>, shutdown
             ctx: ctx.clone(),
         });
         for _ in 0..LOOPS_PER_SOCKET {
-            let id = tasks.spawn(receive_loop(socket.clone(), shutdown.clone())).id();
+            let id = tasks.spawn(receive_loop(socket.clone(), shutdown.clone()).in_current_span()).id();
             serving.insert(id, socket.clone());
         }
     }
@@ -151,7 +153,7 @@ pub(crate) async fn serve(bound: UdpSockets, ctx: Arc<ListenerContext>, shutdown
         let Some(socket) = serving.remove(&e.id()) else { continue };
         if e.is_panic() && !shutdown.is_cancelled() {
             tracing::error!("a UDP receive loop panicked; starting a new one: {e}");
-            let id = tasks.spawn(receive_loop(socket.clone(), shutdown.clone())).id();
+            let id = tasks.spawn(receive_loop(socket.clone(), shutdown.clone()).in_current_span()).id();
             serving.insert(id, socket);
         }
     }
@@ -298,14 +300,17 @@ impl Socket {
         };
         let socket = self.clone();
         // On the tracker, so that a shutdown drains it like the others.
-        self.ctx.tracker.spawn(async move {
-            let (outcome, lease) = call.await;
-            drop(lease);
-            drop(permit);
-            if let Outcome::Reply(bytes) = outcome {
-                socket.send_all(&[Datagram { peer, source, bytes }]).await;
+        self.ctx.tracker.spawn(
+            async move {
+                let (outcome, lease) = call.await;
+                drop(lease);
+                drop(permit);
+                if let Outcome::Reply(bytes) = outcome {
+                    socket.send_all(&[Datagram { peer, source, bytes }]).await;
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     /// Send `replies` with as few `sendmmsg` calls as the socket allows.

@@ -27,6 +27,7 @@ mod session;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
@@ -150,23 +151,26 @@ impl Accepting<'_> {
             let stats = ctx.dispatcher.stats();
             Stats::incr(&stats.connections);
             let (ctx, shutdown) = (ctx.clone(), self.connections.clone());
-            self.ctx.tracker.spawn(async move {
-                let _permit = permit;
-                let result = serve_connection(stream, peer, &ctx, shutdown).await;
-                let stats = ctx.dispatcher.stats();
-                Stats::incr(&stats.connections_closed);
-                match result {
-                    Ok(()) => {}
-                    Err(e) if e.closed_by_host() => {
-                        Stats::incr(&stats.connections_closed_by_host);
-                        if let ConnError::Retired(_) = e {
-                            Stats::incr(&stats.connections_retired);
+            self.ctx.tracker.spawn(
+                async move {
+                    let _permit = permit;
+                    let result = serve_connection(stream, peer, &ctx, shutdown).await;
+                    let stats = ctx.dispatcher.stats();
+                    Stats::incr(&stats.connections_closed);
+                    match result {
+                        Ok(()) => {}
+                        Err(e) if e.closed_by_host() => {
+                            Stats::incr(&stats.connections_closed_by_host);
+                            if let ConnError::Retired(_) = e {
+                                Stats::incr(&stats.connections_retired);
+                            }
+                            log_limited!(info, %peer, "closing connection: {e}");
                         }
-                        log_limited!(info, %peer, "closing connection: {e}");
+                        Err(e) => tracing::debug!(%peer, "connection ended: {e}"),
                     }
-                    Err(e) => tracing::debug!(%peer, "connection ended: {e}"),
                 }
-            });
+                .in_current_span(),
+            );
         }
     }
 }
