@@ -20,8 +20,21 @@
 //! - [`privdrop`]: `--user`, running unprivileged after binding.
 //! - [`systemd`]: sockets passed by socket activation, and `sd_notify`.
 //!
-//! [`run`] ties them together; the `host` binary only parses arguments and
-//! calls it, and the tests call it the same way.
+//! Around the data path, operations:
+//!
+//! - [`service`]: one service (a plugin, its addresses, limits and store),
+//!   bound, loaded, served and drained on its own.
+//! - [`servicefile`]: the services file (`--config`), whose keys are the
+//!   flags.
+//! - [`status`] and [`admin`]: what the running services report, and the
+//!   `--metrics` endpoint that serves it (metrics, health, status).
+//! - [`cli`]: `host check`, `host invoke`, `host rollback`, and the log
+//!   filter.
+//!
+//! [`run`] ties them together: [`Server`] binds every service, serves them
+//! side by side, applies a changed services file, and drains them at the
+//! end. The `host` binary only parses arguments and calls it, and the tests
+//! call it the same way.
 #![deny(missing_docs)]
 
 pub mod admin;

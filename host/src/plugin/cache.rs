@@ -34,7 +34,8 @@ pub struct CompileCache {
     dir: PathBuf,
     /// A stable hash of wasmtime's compatibility hash for the engine (its
     /// version and every setting that changes the compiled code, such as
-    /// `--max-memory`): part of every entry's name.
+    /// `--fuel`; the run-time limits such as `--max-memory` are not): part of
+    /// every entry's name.
     engine_key: String,
     /// Most bytes the entries may take together (`--cache-max-size`).
     max_size: u64,
