@@ -89,7 +89,7 @@ pub use sockets_plugin_handler::log;
 pub mod connection_bindings {
     wit_bindgen::generate!({
         world: "connection-handler",
-        path: "../../wit/0.2.0",
+        path: "wit/0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_connection_handler",
         default_bindings_module: "sockets_plugin::connection_bindings",
@@ -103,7 +103,7 @@ pub mod connection_bindings {
 pub mod services_bindings {
     wit_bindgen::generate!({
         world: "sockets:services/imports",
-        path: "../../wit/services",
+        path: "wit/services",
         // The interfaces are `wasi:` ones, which wit-bindgen otherwise
         // expects from the `wasi` crate; that crate has no keyvalue,
         // config or logging.
