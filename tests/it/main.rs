@@ -12,4 +12,5 @@ mod isolation;
 mod languages;
 mod output;
 mod reload;
+mod sdk;
 mod state;

@@ -16,8 +16,19 @@
 //! sockets_plugin::export!(Echo);
 //! ```
 //!
-//! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm`
-//! that comes out is a component the host loads directly.
+//! Build it with `cargo build --release --target wasm32-wasip2` (once:
+//! `rustup target add wasm32-wasip2`); the `.wasm` that comes out is a
+//! component the host loads directly.
+//!
+//! # In a project of your own
+//!
+//! This directory is the whole SDK: the crate, its `handler/` crate and the
+//! WIT both bind (`wit/` and `handler/wit/`, copies of the repository's
+//! `wit/`). Copy it into your project (`cp -r plugins/sdk sockets-plugin`)
+//! and depend on it by path, `sockets-plugin = { path = "sockets-plugin" }`,
+//! in a crate with `crate-type = ["cdylib"]`; nothing else of the repository
+//! is needed. The README's "Writing a plugin in Rust" shows the whole
+//! project.
 //!
 //! # Connection plugins
 //!
