@@ -16,8 +16,19 @@
 //! sockets_plugin::export!(Echo);
 //! ```
 //!
-//! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm`
-//! that comes out is a component the host loads directly.
+//! Build it with `cargo build --release --target wasm32-wasip2` (once:
+//! `rustup target add wasm32-wasip2`); the `.wasm` that comes out is a
+//! component the host loads directly.
+//!
+//! # In a project of your own
+//!
+//! This directory is the whole SDK: the crate, its `handler/` crate and the
+//! WIT both bind (`wit/` and `handler/wit/`, copies of the repository's
+//! `wit/`). Copy it into your project (`cp -r plugins/sdk sockets-plugin`)
+//! and depend on it by path, `sockets-plugin = { path = "sockets-plugin" }`,
+//! in a crate with `crate-type = ["cdylib"]`; nothing else of the repository
+//! is needed. The README's "Writing a plugin in Rust" shows the whole
+//! project.
 //!
 //! # Connection plugins
 //!
@@ -89,7 +100,7 @@ pub use sockets_plugin_handler::log;
 pub mod connection_bindings {
     wit_bindgen::generate!({
         world: "connection-handler",
-        path: "../../wit/0.2.0",
+        path: "wit/0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_connection_handler",
         default_bindings_module: "sockets_plugin::connection_bindings",
@@ -103,7 +114,7 @@ pub mod connection_bindings {
 pub mod services_bindings {
     wit_bindgen::generate!({
         world: "sockets:services/imports",
-        path: "../../wit/services",
+        path: "wit/services",
         // The interfaces are `wasi:` ones, which wit-bindgen otherwise
         // expects from the `wasi` crate; that crate has no keyvalue,
         // config or logging.

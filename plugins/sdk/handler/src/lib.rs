@@ -20,7 +20,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "handler",
-        path: "../../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_handler",
         default_bindings_module: "sockets_plugin::bindings",
