@@ -243,7 +243,7 @@ fn flag_values_that_cannot_serve_are_refused_before_starting() {
         (&["--listen", "7000"], &["--listen", "127.0.0.1:7000", "[::1]:7000", "0.0.0.0:7000"]),
         (&["--listen", "localhost:7000"], &["--listen", "not resolved", "127.0.0.1:7000"]),
         (&["--max-memory", "8GiB"], &["--max-memory", "8.0 GiB", "4GiB"]),
-        (&["--max-instances", "100000"], &["--max-instances", "at most 10000"]),
+        (&["--max-instances", "100000"], &["--max-instances", "at most 10800"]),
         (&["--instance-reuse", "0"], &["--instance-reuse"]),
         (&["--listen", "127.0.0.1:7000", "--udp", "127.0.0.1:7000"], &["udp 127.0.0.1:7000 is given twice"]),
     ];
