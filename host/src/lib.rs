@@ -305,7 +305,7 @@ fn reload_services_file(
                 Ok(None) => {}
                 Err(e) => {
                     registry.reload_failures.fetch_add(1, Relaxed);
-                    tracing::warn!("services file reload failed, nothing changed: {e:#}");
+                    tracing::warn!("services file reload failed: {e:#}");
                 }
             }
         }
@@ -315,8 +315,16 @@ fn reload_services_file(
 /// Read the services file again and apply the difference: services that
 /// are gone are drained and stopped, new ones started, changed ones
 /// restarted with their new settings; unchanged ones keep their sockets,
-/// connections and instances. A file that does not parse, or a new or
-/// changed service whose plugin does not load, changes nothing.
+/// connections and instances. The difference is taken against the services
+/// that run, so a service that failed to start is tried again at the next
+/// reload.
+///
+/// A file that does not parse, a new or changed service whose plugin does
+/// not load, or a new address that cannot be bound changes nothing: the
+/// plugins are checked and the new addresses bound before any service
+/// stops. Only a changed service that keeps one of its addresses has to
+/// stop before its new self can bind; if that then fails, its old
+/// settings are started again.
 async fn apply_services_file(
     cli: &Config,
     current: &servicefile::ServicesFile,
@@ -324,7 +332,11 @@ async fn apply_services_file(
     shutdown: &CancellationToken,
     trigger: Trigger,
 ) -> anyhow::Result<Option<servicefile::ServicesFile>> {
-    let next = servicefile::with_command_line(servicefile::load(&current.path)?, cli)?;
+    use anyhow::Context as _;
+    let unchanged = "nothing changed";
+    let next = servicefile::load(&current.path)
+        .and_then(|file| servicefile::with_command_line(file, cli))
+        .context(unchanged)?;
     if next.host != current.host {
         tracing::warn!(
             "services file {}: host-wide settings changed; they take effect at the next start",
@@ -332,59 +344,98 @@ async fn apply_services_file(
         );
     }
     let name_of = |c: &Config| service::service_name(c).unwrap_or_default();
-    let old: HashMap<String, Config> = current.services.iter().map(|c| (name_of(c), c.clone())).collect();
-    let new: HashMap<String, Config> = next.services.iter().map(|c| (name_of(c), c.clone())).collect();
-    let changed: Vec<&String> = old.keys().filter(|n| new.get(*n).is_some_and(|c| c != &old[*n])).collect();
-    let removed: Vec<&String> = old.keys().filter(|n| !new.contains_key(*n)).collect();
-    let added: Vec<&Config> = next.services.iter().filter(|c| !old.contains_key(&name_of(c))).collect();
-    if changed.is_empty() && removed.is_empty() && added.is_empty() {
+    // What runs now: each service's settings and the addresses it holds.
+    let running: HashMap<String, (Config, Vec<(Transport, SocketAddr)>)> = {
+        let services = registry.services.lock().expect("registry lock");
+        services.iter().map(|s| (s.name().to_string(), (s.config().clone(), s.local_addrs().to_vec()))).collect()
+    };
+    let wanted: Vec<String> = next.services.iter().map(name_of).collect();
+    let to_start: Vec<&Config> =
+        next.services.iter().filter(|c| running.get(&name_of(c)).is_none_or(|(old, _)| old != *c)).collect();
+    let to_stop: Vec<String> =
+        running.keys().filter(|n| !wanted.contains(n) || to_start.iter().any(|c| name_of(c) == **n)).cloned().collect();
+    if to_start.is_empty() && to_stop.is_empty() {
         tracing::info!("services file {} reloaded ({trigger:?}): unchanged", next.path.display());
         return Ok(None);
     }
-    // Check every new plugin before touching anything.
-    for config in next.services.iter().filter(|c| !old.contains_key(&name_of(c)) || changed.contains(&&name_of(c))) {
-        service::check(config).await?;
+    // Every new plugin loads before anything changes.
+    for config in &to_start {
+        service::check(config).await.context(unchanged)?;
     }
-    let stop = |names: &[&String]| {
+    // Bind before anything stops, unless the service keeps an address of
+    // its running self (which holds it until it stops).
+    let keeps_an_address = |c: &Config| {
+        running.get(&name_of(c)).is_some_and(|(_, held)| {
+            c.bind_list().iter().any(|(t, a)| a.port() != 0 && held.iter().any(|(ht, ha)| ht == t && ha == a))
+        })
+    };
+    let mut bound = Vec::new();
+    for config in to_start.iter().filter(|c| !keeps_an_address(c)) {
+        bound.push(service::Bound::bind((*config).clone()).context(unchanged)?);
+    }
+    let gone = {
         let mut services = registry.services.lock().expect("registry lock");
         let (gone, kept): (Vec<Running>, Vec<Running>) =
-            std::mem::take(&mut *services).into_iter().partition(|s| names.iter().any(|n| *n == s.name()));
+            std::mem::take(&mut *services).into_iter().partition(|s| to_stop.iter().any(|n| n == s.name()));
         *services = kept;
         gone
     };
-    let drain = current.host.drain_timeout;
-    let gone = stop(&removed.iter().chain(&changed).copied().collect::<Vec<_>>());
-    let stopped: Vec<String> = gone.iter().map(|s| s.name().to_string()).collect();
-    stop_each(gone, drain).await;
-    let mut started = Vec::new();
-    for config in next.services.iter().filter(|c| !old.contains_key(&name_of(c)) || changed.contains(&&name_of(c))) {
-        let running = match Service::bind(config.clone()).await {
-            Ok(service) => service.serve(shutdown).await,
-            Err(e) => Err(e),
-        };
-        match running {
-            Ok(running) => {
-                started.push(running.name().to_string());
-                registry.services.lock().expect("registry lock").push(running);
-            }
+    stop_each(gone, current.host.drain_timeout).await;
+    let mut failed = Vec::new();
+    for config in to_start.iter().filter(|c| keeps_an_address(c)) {
+        match service::Bound::bind((*config).clone()) {
+            Ok(b) => bound.push(b),
             Err(e) => {
-                tracing::warn!("services file {}: service {} not started: {e:#}", next.path.display(), name_of(config))
+                let name = name_of(config);
+                tracing::warn!("services file {}: service {name}: {e:#}; its old settings stay", next.path.display());
+                failed.push(name.clone());
+                // The address was free a moment ago: take the old settings
+                // back rather than leave the service down.
+                if let Some(b) = running.get(&name).and_then(|(old, _)| service::Bound::bind(old.clone()).ok()) {
+                    bound.push(b);
+                }
+            }
+        }
+    }
+    let mut started = Vec::new();
+    for b in bound {
+        let name = b.name().to_string();
+        match b.load().await {
+            Ok(service) => match service.serve(shutdown).await {
+                Ok(running) => {
+                    started.push(name);
+                    registry.services.lock().expect("registry lock").push(running);
+                }
+                Err(e) => {
+                    tracing::warn!("services file {}: service {name} not started: {e:#}", next.path.display());
+                    failed.push(name);
+                }
+            },
+            Err(e) => {
+                tracing::warn!("services file {}: service {name} not started: {e:#}", next.path.display());
+                failed.push(name);
             }
         }
     }
     // The file's order, for /status.
-    {
-        let order: Vec<String> = next.services.iter().map(name_of).collect();
-        let mut services = registry.services.lock().expect("registry lock");
-        services.sort_by_key(|s| order.iter().position(|n| n == s.name()).unwrap_or(usize::MAX));
-    }
+    registry
+        .services
+        .lock()
+        .expect("registry lock")
+        .sort_by_key(|s| wanted.iter().position(|n| n == s.name()).unwrap_or(usize::MAX));
     tracing::info!(
         "services file {} reloaded ({trigger:?}): stopped [{}], started [{}], unchanged {}",
         next.path.display(),
-        stopped.join(", "),
+        to_stop.join(", "),
         started.join(", "),
-        next.services.len() - started.len().min(next.services.len())
+        next.services.len().saturating_sub(to_start.len())
     );
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "service(s) {} not running as the file says (see above); the next reload tries again",
+            failed.join(", ")
+        );
+    }
     Ok(Some(next))
 }
 

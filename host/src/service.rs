@@ -68,6 +68,11 @@ impl Bound {
         Ok(Bound { name, config, bound, span })
     }
 
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Open the service's store and load its plugin.
     pub async fn load(self) -> anyhow::Result<Service> {
         let span = self.span.clone();

@@ -121,7 +121,15 @@ fn a_bad_new_file_changes_nothing_and_says_why() {
     let udp = addr(&host, "svc", Transport::Udp);
     assert_eq!(udp_roundtrip(udp, b"one"), b"one");
 
+    // An address another process holds: binding it fails before anything
+    // stops.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
     let bad = [
+        (
+            [good.clone(), service("other", "upper", &format!("udp = [\"{taken_addr}\"]"))].concat(),
+            "cannot listen on udp",
+        ),
         (format!("{good}timeout = \"soon\"\n"), "host.toml:5:"),
         ("[[service]\n".to_string(), "host.toml:1:"),
         (service("svc", "echo", "udp = [\"127.0.0.1:0\"]").replace("echo.wasm", "nope.wasm"), "no such file"),
@@ -129,9 +137,10 @@ fn a_bad_new_file_changes_nothing_and_says_why() {
     for (i, (text, why)) in bad.iter().enumerate() {
         write_file(dir.path(), text);
         host.signal(1); // SIGHUP
-        assert_eq!(host.logs.wait_for("services file reload failed, nothing changed", i + 1, REPLY_TIMEOUT), i + 1);
+        assert_eq!(host.logs.wait_for("services file reload failed: nothing changed: ", i + 1, REPLY_TIMEOUT), i + 1);
         let line = host.logs.lines().into_iter().rev().find(|l| l.contains("reload failed")).unwrap();
         assert!(line.contains(why), "{line}");
+        assert_eq!(host.logs.count("reloaded ("), 0, "a bad file changed something");
         assert_eq!(udp_roundtrip(udp, b"still"), b"still");
     }
     // SIGHUP on an unchanged file says so.
