@@ -388,6 +388,15 @@ impl Config {
                 );
             }
         }
+        // With --reuse-port the two would silently share the port.
+        if let Some(metrics) = self.metrics
+            && metrics.port() != 0
+            && list.iter().any(|(t, a)| *t == crate::request::Transport::Tcp && *a == metrics)
+        {
+            anyhow::bail!(
+                "--metrics {metrics} is also a TCP address the service serves: give the admin endpoint its own"
+            );
+        }
         Ok(())
     }
 

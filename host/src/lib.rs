@@ -171,9 +171,10 @@ impl Server {
             let inventory: Arc<dyn Inventory> = registry.clone();
             tasks.push(tokio::spawn(admin::serve(listener, inventory, token.clone())));
         }
+        let mut file_reload = None;
         if let (Some(file), Some(hup)) = (file, hup) {
             let reload = reload_services_file(config.clone(), file, hup, registry.clone(), token.clone())?;
-            tasks.push(tokio::spawn(reload));
+            file_reload = Some(tokio::spawn(reload));
         }
         tracing::info!("ready: {}", registry.describe());
         systemd::notify_ready();
@@ -181,6 +182,15 @@ impl Server {
         systemd::notify_stopping();
         tracing::info!("shutting down: draining in-flight requests for up to {:?}", settings.drain_timeout);
         token.cancel();
+        // A services-file reload under way finishes first (its own drains
+        // are bounded by the drain timeout too), so that every service it
+        // stops is drained and counted, and every one it starts is in the
+        // registry to be stopped.
+        if let Some(mut reload) = file_reload
+            && tokio::time::timeout(settings.drain_timeout, &mut reload).await.is_err()
+        {
+            reload.abort();
+        }
         let snapshot = registry.stop_all(settings.drain_timeout).await;
         for task in &tasks {
             task.abort();
@@ -202,6 +212,13 @@ fn signal(kind: SignalKind, name: &str) -> anyhow::Result<tokio::signal::unix::S
 #[derive(Default)]
 struct Registry {
     services: Mutex<Vec<Running>>,
+    /// The counters of earlier runs of each service name (a service a
+    /// reload restarted, or removed): its totals never go back, and the
+    /// final `stats` line counts every run.
+    earlier: Mutex<HashMap<String, Snapshot>>,
+    /// Services the services file asks for that do not run (a reload could
+    /// not start them): reported as not ready.
+    missing: Mutex<Vec<Config>>,
     /// Reloads of the services file: applied, refused.
     reloads: AtomicU64,
     reload_failures: AtomicU64,
@@ -224,36 +241,55 @@ impl Registry {
         }
     }
 
-    /// Stop every service at once; their counters added up.
+    /// Stop every service at once; the counters of every run of every
+    /// service, added up.
     async fn stop_all(&self, drain_timeout: std::time::Duration) -> Snapshot {
         let services = std::mem::take(&mut *self.services.lock().expect("registry lock"));
-        stop_each(services, drain_timeout).await
+        self.stop(services, drain_timeout).await;
+        let mut total = Snapshot::default();
+        for snapshot in self.earlier.lock().expect("registry lock").values() {
+            total += *snapshot;
+        }
+        total
+    }
+
+    /// Stop `services` at once (each drains its own), keeping their counts.
+    async fn stop(&self, services: Vec<Running>, drain_timeout: std::time::Duration) {
+        let mut set = tokio::task::JoinSet::new();
+        for service in services {
+            let name = service.name().to_string();
+            set.spawn(async move { (name, service.stop(drain_timeout).await) });
+        }
+        while let Some(done) = set.join_next().await {
+            if let Ok((name, snapshot)) = done {
+                *self.earlier.lock().expect("registry lock").entry(name).or_default() += snapshot;
+            }
+        }
     }
 }
 
 impl Inventory for Registry {
     fn services(&self) -> Vec<ServiceStatus> {
-        self.services.lock().expect("registry lock").iter().map(Running::status).collect()
+        let mut out: Vec<ServiceStatus> =
+            self.services.lock().expect("registry lock").iter().map(Running::status).collect();
+        let earlier = self.earlier.lock().expect("registry lock");
+        for status in &mut out {
+            if let Some(before) = earlier.get(&status.name) {
+                status.totals += *before;
+            }
+        }
+        for config in self.missing.lock().expect("registry lock").iter() {
+            out.push(ServiceStatus::not_running(
+                config,
+                earlier.get(&service::service_name(config).unwrap_or_default()).copied(),
+            ));
+        }
+        out
     }
 
     fn config_reloads(&self) -> (u64, u64) {
         (self.reloads.load(Relaxed), self.reload_failures.load(Relaxed))
     }
-}
-
-/// Stop `services` at once (each drains its own); their counters added up.
-async fn stop_each(services: Vec<Running>, drain_timeout: std::time::Duration) -> Snapshot {
-    let mut set = tokio::task::JoinSet::new();
-    for service in services {
-        set.spawn(service.stop(drain_timeout));
-    }
-    let mut total = Snapshot::default();
-    while let Some(done) = set.join_next().await {
-        if let Ok(snapshot) = done {
-            total += snapshot;
-        }
-    }
-    total
 }
 
 /// Reload the services file on SIGHUP and when it changes: apply what
@@ -317,14 +353,15 @@ fn reload_services_file(
 /// restarted with their new settings; unchanged ones keep their sockets,
 /// connections and instances. The difference is taken against the services
 /// that run, so a service that failed to start is tried again at the next
-/// reload.
+/// reload. Host-wide keys are not applied (they wait for the next start),
+/// so changing one restarts nothing.
 ///
 /// A file that does not parse, a new or changed service whose plugin does
 /// not load, or a new address that cannot be bound changes nothing: the
 /// plugins are checked and the new addresses bound before any service
-/// stops. Only a changed service that keeps one of its addresses has to
-/// stop before its new self can bind; if that then fails, its old
-/// settings are started again.
+/// stops. A changed service that keeps one of the addresses a stopping
+/// service holds binds after that one stopped; if it then cannot start,
+/// its old settings are started again.
 async fn apply_services_file(
     cli: &Config,
     current: &servicefile::ServicesFile,
@@ -334,7 +371,7 @@ async fn apply_services_file(
 ) -> anyhow::Result<Option<servicefile::ServicesFile>> {
     use anyhow::Context as _;
     let unchanged = "nothing changed";
-    let next = servicefile::load(&current.path)
+    let mut next = servicefile::load(&current.path)
         .and_then(|file| servicefile::with_command_line(file, cli))
         .context(unchanged)?;
     if next.host != current.host {
@@ -343,6 +380,8 @@ async fn apply_services_file(
             next.path.display()
         );
     }
+    next.host = current.host.clone();
+    next.services = next.services.iter().map(|c| servicefile::with_host_settings(c, &current.host)).collect();
     let name_of = |c: &Config| service::service_name(c).unwrap_or_default();
     // What runs now: each service's settings and the addresses it holds.
     let running: HashMap<String, (Config, Vec<(Transport, SocketAddr)>)> = {
@@ -362,16 +401,16 @@ async fn apply_services_file(
     for config in &to_start {
         service::check(config).await.context(unchanged)?;
     }
-    // Bind before anything stops, unless the service keeps an address of
-    // its running self (which holds it until it stops).
-    let keeps_an_address = |c: &Config| {
-        running.get(&name_of(c)).is_some_and(|(_, held)| {
-            c.bind_list().iter().any(|(t, a)| a.port() != 0 && held.iter().any(|(ht, ha)| ht == t && ha == a))
-        })
+    // Bind before anything stops, unless an address is held by a service
+    // that is about to stop (its own old self, or another one).
+    let stopping: Vec<(Transport, SocketAddr)> =
+        to_stop.iter().filter_map(|n| running.get(n)).flat_map(|(_, held)| held.iter().copied()).collect();
+    let waits_for_a_stop = |c: &Config| {
+        c.bind_list().iter().any(|(t, a)| a.port() != 0 && stopping.iter().any(|(st, sa)| st == t && sa == a))
     };
-    let mut bound = Vec::new();
-    for config in to_start.iter().filter(|c| !keeps_an_address(c)) {
-        bound.push(service::Bound::bind((*config).clone()).context(unchanged)?);
+    let mut early = Vec::new();
+    for config in to_start.iter().filter(|c| !waits_for_a_stop(c)) {
+        early.push(service::Bound::bind((*config).clone()).context(unchanged)?);
     }
     let gone = {
         let mut services = registry.services.lock().expect("registry lock");
@@ -380,43 +419,50 @@ async fn apply_services_file(
         *services = kept;
         gone
     };
-    stop_each(gone, current.host.drain_timeout).await;
-    let mut failed = Vec::new();
-    for config in to_start.iter().filter(|c| keeps_an_address(c)) {
-        match service::Bound::bind((*config).clone()) {
-            Ok(b) => bound.push(b),
-            Err(e) => {
-                let name = name_of(config);
-                tracing::warn!("services file {}: service {name}: {e:#}; its old settings stay", next.path.display());
-                failed.push(name.clone());
-                // The address was free a moment ago: take the old settings
-                // back rather than leave the service down.
-                if let Some(b) = running.get(&name).and_then(|(old, _)| service::Bound::bind(old.clone()).ok()) {
-                    bound.push(b);
-                }
-            }
-        }
-    }
+    registry.stop(gone, current.host.drain_timeout).await;
     let mut started = Vec::new();
-    for b in bound {
-        let name = b.name().to_string();
-        match b.load().await {
-            Ok(service) => match service.serve(shutdown).await {
-                Ok(running) => {
-                    started.push(name);
-                    registry.services.lock().expect("registry lock").push(running);
-                }
-                Err(e) => {
-                    tracing::warn!("services file {}: service {name} not started: {e:#}", next.path.display());
-                    failed.push(name);
-                }
-            },
+    let mut failed = Vec::new();
+    let mut early = early.into_iter();
+    for config in &to_start {
+        let name = name_of(config);
+        let result = if waits_for_a_stop(config) {
+            match service::Bound::bind((*config).clone()) {
+                Ok(bound) => start(bound, shutdown).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            match early.next() {
+                Some(bound) => start(bound, shutdown).await,
+                None => Err(anyhow::anyhow!("not bound")),
+            }
+        };
+        let running = match result {
+            Ok(running) => {
+                started.push(name.clone());
+                Some(running)
+            }
             Err(e) => {
                 tracing::warn!("services file {}: service {name} not started: {e:#}", next.path.display());
-                failed.push(name);
+                failed.push(name.clone());
+                // Rather than leave a changed service down, take its old
+                // settings back.
+                match running.get(&name) {
+                    Some((old, _)) => match service::Bound::bind(old.clone()) {
+                        Ok(bound) => start(bound, shutdown).await.ok(),
+                        Err(_) => None,
+                    },
+                    None => None,
+                }
             }
+        };
+        let mut missing = registry.missing.lock().expect("registry lock");
+        missing.retain(|c| name_of(c) != name);
+        match running {
+            Some(running) => registry.services.lock().expect("registry lock").push(running),
+            None => missing.push((*config).clone()),
         }
     }
+    registry.missing.lock().expect("registry lock").retain(|c| wanted.contains(&name_of(c)));
     // The file's order, for /status.
     registry
         .services
@@ -432,11 +478,17 @@ async fn apply_services_file(
     );
     if !failed.is_empty() {
         anyhow::bail!(
-            "service(s) {} not running as the file says (see above); the next reload tries again",
+            "service(s) {} not running as the file says (see above; a changed service keeps its old settings if \
+             they could start again); the next reload tries again",
             failed.join(", ")
         );
     }
     Ok(Some(next))
+}
+
+/// Load a bound service and start serving it.
+async fn start(bound: service::Bound, shutdown: &CancellationToken) -> anyhow::Result<Running> {
+    bound.load().await?.serve(shutdown).await
 }
 
 /// Log the counters on every SIGUSR1 (`kill -USR1 PID`), one

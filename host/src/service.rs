@@ -245,13 +245,19 @@ impl Running {
     }
 }
 
+/// Instance slots of the engine a check builds.
+const CHECK_INSTANCES: u32 = 64;
+
 /// Load, compile, link and validate `config`'s plugin as the service
 /// would, without binding anything or opening its store: `host check`, and
 /// a services-file reload before it changes anything.
 pub async fn check(config: &Config) -> anyhow::Result<plugin::Plugin> {
+    // A small pool: the check instantiates once, and a full-size pool
+    // beside the running services' could exceed the process's address
+    // space (the compiled code does not depend on the pool's size).
     let limits = engine::EngineLimits {
         max_memory: config.max_memory,
-        max_instances: config.max_instances,
+        max_instances: config.max_instances.min(CHECK_INSTANCES),
         fuel: config.fuel.is_some(),
     };
     let engine = engine::new_engine(limits)?;

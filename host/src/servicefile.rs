@@ -180,7 +180,51 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<ServicesFile> {
     if out.is_empty() {
         return Err(at(services.span(), "no [[service]]: a services file describes at least one service".into()));
     }
+    // Every service's instance pool reserves address space in this one
+    // process: the sum is bounded like one service's `max-instances`.
+    let total: u64 = out.iter().map(|c| u64::from(c.max_instances)).sum();
+    let limit = u64::from(crate::config::MAX_INSTANCES_LIMIT);
+    if total > limit {
+        return Err(at(
+            services.span(),
+            format!(
+                "the services' max-instances add up to {total}, over {limit}: every instance slot reserves 8GiB of \
+                 address space in this one process (lower max-instances, or run the services in several hosts)"
+            ),
+        ));
+    }
     Ok(ServicesFile { path: path.to_path_buf(), host, services: out })
+}
+
+/// Applies `$apply!(field)` to every host-wide field of [`Config`] (the
+/// fields of [`HOST_KEYS`]).
+macro_rules! host_fields {
+    ($apply:ident) => {
+        $apply!(workers);
+        $apply!(cache_dir);
+        $apply!(no_cache);
+        $apply!(cache_max_size);
+        $apply!(no_watch);
+        $apply!(data_dir);
+        $apply!(metrics);
+        $apply!(log_format);
+        $apply!(drain_timeout);
+        $apply!(reuse_port);
+        $apply!(user);
+    };
+}
+
+/// `service` with the host-wide settings of `host`: a reload applies a
+/// file's service keys, while its host-wide keys wait for the next start.
+pub fn with_host_settings(service: &Config, host: &Config) -> Config {
+    let mut out = service.clone();
+    macro_rules! copy {
+        ($f:ident) => {
+            out.$f = host.$f.clone();
+        };
+    }
+    host_fields!(copy);
+    out
 }
 
 /// Apply the command line's host-wide flags over the file's (the command
@@ -189,21 +233,6 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<ServicesFile> {
 /// since it would be unclear which service it is for.
 pub fn with_command_line(mut file: ServicesFile, cli: &Config) -> anyhow::Result<ServicesFile> {
     let default = Config::try_parse_from(["host", "--config", "-"]).expect("the defaults parse");
-    macro_rules! host_fields {
-        ($apply:ident) => {
-            $apply!(workers);
-            $apply!(cache_dir);
-            $apply!(no_cache);
-            $apply!(cache_max_size);
-            $apply!(no_watch);
-            $apply!(data_dir);
-            $apply!(metrics);
-            $apply!(log_format);
-            $apply!(drain_timeout);
-            $apply!(reuse_port);
-            $apply!(user);
-        };
-    }
     let mut rest = cli.clone();
     rest.config = default.config.clone();
     macro_rules! reset {
@@ -397,6 +426,14 @@ framing = "u32"
                 "two services named a",
             ),
             ("workers = 2\n", "no [[service]]"),
+            (
+                "[[service]]\nplugin = \"a.wasm\"\nmax-instances = 6000\nudp = [\"127.0.0.1:0\"]\n[[service]]\nplugin = \"b.wasm\"\nmax-instances = 6000\nudp = [\"127.0.0.1:0\"]\n",
+                "max-instances add up to 12000, over 10800",
+            ),
+            (
+                "metrics = \"127.0.0.1:7005\"\n[[service]]\nplugin = \"a.wasm\"\ntcp = [\"127.0.0.1:7005\"]\n",
+                "host.toml:2:1: --metrics 127.0.0.1:7005 is also a TCP address the service serves",
+            ),
             ("[[service]]\nname = \"x\"\n", "without `plugin`"),
         ];
         for (text, want) in cases {

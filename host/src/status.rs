@@ -45,6 +45,30 @@ pub struct ServiceStatus {
     pub versions: Vec<VersionStatus>,
 }
 
+impl ServiceStatus {
+    /// A service the services file asks for that does not run (a reload
+    /// could not start it): not ready, with the counters of its earlier
+    /// runs, if any.
+    pub fn not_running(config: &crate::Config, earlier: Option<Snapshot>) -> ServiceStatus {
+        let path = config.plugin.clone().unwrap_or_default();
+        ServiceStatus {
+            name: crate::service::service_name(config).unwrap_or_default(),
+            addresses: Vec::new(),
+            ready: false,
+            current: PluginVersion {
+                plugin: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                version: String::new(),
+                path,
+                since: SystemTime::now(),
+            },
+            totals: earlier.unwrap_or_default(),
+            in_flight: 0,
+            open_connections: 0,
+            versions: Vec::new(),
+        }
+    }
+}
+
 /// A plugin version: which file, which content, since when.
 #[derive(Clone, Debug)]
 pub struct PluginVersion {

@@ -81,7 +81,7 @@ fn a_reload_starts_stops_and_restarts_only_what_changed() {
     let keep = service("keep", "echo", "tcp = [\"127.0.0.1:0\"]");
     let gone = service("gone", "echo", "udp = [\"127.0.0.1:0\"]");
     let file = write_file(dir.path(), &[keep.clone(), gone.clone()].concat());
-    let host = Host::start(&["--config", file.to_str().unwrap()]);
+    let host = Host::start(&["--config", file.to_str().unwrap(), "--metrics", "127.0.0.1:0"]);
     let keep_addr = addr(&host, "keep", Transport::Tcp);
     let gone_addr = addr(&host, "gone", Transport::Udp);
     let mut kept = tcp_connect(keep_addr);
@@ -109,7 +109,23 @@ fn a_reload_starts_stops_and_restarts_only_what_changed() {
     assert_eq!(host.logs.count("stopped [keep], started [keep]"), 1, "{}", host.logs.lines().join("\n"));
     let mut fresh = tcp_connect(keep_addr);
     assert_eq!(line_roundtrip(&mut fresh, b"changed"), b"CHANGED\n");
-    assert_eq!(host.stats().get("reload_failures"), Some(&0));
+    // Its counters go on from those of its first run.
+    let admin = crate::admin::admin_addr(&host);
+    let (_, metrics) = crate::admin::http_get(admin, "/metrics");
+    assert_eq!(crate::admin::sample(&metrics, "wasm_sockets_requests_total", &["service=\"keep\""]), Some(3.0));
+
+    // A host-wide key waits for the next start: no service restarts.
+    let unchanged = [changed_again(keep_addr), service("new", "upper", "udp = [\"127.0.0.1:0\"]")].concat();
+    write_file(dir.path(), &format!("drain-timeout = \"7s\"\n{unchanged}"));
+    assert_eq!(host.logs.wait_for("host-wide settings changed", 1, REPLY_TIMEOUT), 1);
+    assert_eq!(host.logs.wait_for("): unchanged", 1, REPLY_TIMEOUT), 1, "{}", host.logs.lines().join("\n"));
+    assert_eq!(line_roundtrip(&mut fresh, b"same"), b"SAME\n");
+    let (_, status) = crate::admin::http_get(admin, "/status");
+    assert!(status.contains("\"reload_failures\":0"), "{status}");
+}
+
+fn changed_again(addr: SocketAddr) -> String {
+    service("keep", "upper", &format!("tcp = [\"{addr}\"]"))
 }
 
 #[test]
