@@ -38,6 +38,8 @@ pub const KEEP: usize = 5;
 /// Digits of the time in a history file's name (microseconds since 1970,
 /// zero-padded so that names sort by time).
 const STAMP_DIGITS: usize = 20;
+/// 9999-12-31T23:59:59Z in seconds since 1970: the last time shown.
+const LAST_SHOWN: u64 = 253_402_300_799;
 /// Hex digits of the version in a history file's name.
 const VERSION_DIGITS: usize = 12;
 
@@ -67,7 +69,10 @@ pub struct RolledBack {
 
 impl std::fmt::Display for RolledBack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let loaded = humantime::format_rfc3339_seconds(self.restored.loaded);
+        // humantime shows years 1970 to 9999 only (an error past that would
+        // make `format!` panic); a file name can say any time.
+        let last = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_SHOWN);
+        let loaded = humantime::format_rfc3339_seconds(self.restored.loaded.clamp(SystemTime::UNIX_EPOCH, last));
         write!(
             f,
             "rolled back {}: version {} -> {} (last loaded {loaded}); a host watching the file reloads it now \
@@ -161,9 +166,12 @@ pub fn record(cache_dir: &Path, plugin: &Path, bytes: &[u8], sha256: &str) -> an
     if versions.first().is_some_and(|v| v.version == version) {
         return Ok(());
     }
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    // Strictly after the newest, even if the clock went back.
-    let stamp = versions.first().map_or(now, |v| now.max(v.stamp + 1));
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    // Strictly after the newest, even if the clock went back (a file named
+    // with the largest stamp makes this one share it: no overflow).
+    let stamp = versions.first().map_or(now, |v| now.max(v.stamp.saturating_add(1)));
     let file = dir.join(format!("{stamp:0STAMP_DIGITS$}-{version}.wasm"));
     match versions.iter().find(|v| v.version == version) {
         // Loaded before: move it to the front instead of copying it again.
@@ -415,6 +423,28 @@ mod tests {
             std::os::unix::fs::chown(&d, Some(0), Some(0)).unwrap();
         }
         assert_eq!(std::fs::read(&plugin).unwrap(), b"one");
+    }
+
+    /// A history file named with a time past year 9999 (humantime cannot
+    /// show it) or the largest stamp (the next is one more) panics nothing.
+    #[test]
+    fn out_of_range_times_in_the_history_do_not_panic() {
+        let (cache, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let plugin = work.path().join("p.wasm");
+        load(cache.path(), &plugin, b"now");
+        let dir = dir_for(cache.path(), &plugin).unwrap();
+        std::fs::write(dir.join(format!("00300000000000000000-{}.wasm", &sha(b"far")[..12])), b"far").unwrap();
+        let done = rollback(&plugin, Some(cache.path())).unwrap();
+        assert_eq!(std::fs::read(&plugin).unwrap(), b"far");
+        let shown = format!("{done}");
+        assert!(shown.contains("(last loaded 9999-12-31T23:59:59Z)"), "{shown}");
+
+        std::fs::write(dir.join(format!("18446744073709551615-{}.wasm", &sha(b"last")[..12])), b"last").unwrap();
+        load(cache.path(), &plugin, b"newer");
+        let kept: Vec<String> = versions(cache.path(), &plugin).unwrap().into_iter().map(|v| v.version).collect();
+        assert!(kept.contains(&sha(b"newer")[..12].to_string()), "{kept:?}");
+        let done = rollback(&plugin, Some(cache.path())).unwrap();
+        assert!(format!("{done}").contains("9999-12-31T23:59:59Z"), "{done}");
     }
 
     #[test]
