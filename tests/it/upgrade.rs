@@ -238,3 +238,40 @@ fn a_new_host_that_fails_to_start_loses_nothing() {
     assert!(failures.is_empty(), "{} of {} requests failed:\n{}", failures.len(), answered, failures.join("\n"));
     assert!(answered > 10, "only {answered} requests under load");
 }
+
+/// A lone host with `--reuse-port` has nobody to hand its address over
+/// to: on SIGTERM it stops accepting at once and ends its connections
+/// between requests, as without `--reuse-port`, rather than serving new
+/// connections until shortly before `--drain-timeout`.
+#[test]
+fn a_lone_host_with_reuse_port_refuses_new_connections_at_once() {
+    let mut host = Host::start(&echo_args(&["--listen", "127.0.0.1:0", "--reuse-port", "--drain-timeout", "20s"]));
+    let tcp = host.tcp();
+    let mut long = tcp_connect(tcp);
+    assert_eq!(line_roundtrip(&mut long, b"long"), b"long\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let opener = {
+        let stop = stop.clone();
+        std::thread::spawn(move || tcp_opener_loop(0, tcp, &stop))
+    };
+    host.wait_stat("connections", 20);
+    let started = Instant::now();
+    host.sigterm();
+    assert_eq!(host.logs.wait_for("shutting down", 1, REPLY_TIMEOUT), 1);
+    // The opener keeps connecting: a listener waiting for a quiet second
+    // would never close.
+    let refused = eventually(
+        Duration::from_secs(2),
+        || matches!(TcpStream::connect(tcp), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+    );
+    stop.store(true, Relaxed);
+    let seen = opener.join().expect("the opener panicked");
+    let logs = host.logs.lines().join("\n");
+    assert!(refused, "new connections still accepted 2 s after SIGTERM:\n{logs}");
+    assert!(seen.answered > 0, "{seen:?}");
+    assert!(closed_within(&mut long, Duration::from_secs(5)), "the open connection was not closed:\n{logs}");
+    let status = host.wait(Duration::from_secs(5)).expect("the host did not exit within 5 s of --drain-timeout 20s");
+    assert!(status.success(), "{status}\n{logs}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(host.logs.count("no other host listens on it; new connections are refused from now"), 1, "{logs}");
+}

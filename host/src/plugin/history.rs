@@ -11,6 +11,10 @@
 //! A version loaded again is moved to the front rather than copied again,
 //! and only the newest [`KEEP`] are kept. Directories are 0700, files 0600;
 //! a `path` file in each directory names the plugin path it belongs to.
+//! `history/` and the plugin's directory in it must be directories (not
+//! symlinks) owned by the user running the command and writable by no
+//! other, or nothing is recorded there or rolled back from there: another
+//! user's files must not be written over a plugin by `sudo host rollback`.
 //!
 //! [`rollback`] writes the most recently loaded version that differs from
 //! the file at the plugin path now back over it, atomically (a temporary
@@ -34,6 +38,8 @@ pub const KEEP: usize = 5;
 /// Digits of the time in a history file's name (microseconds since 1970,
 /// zero-padded so that names sort by time).
 const STAMP_DIGITS: usize = 20;
+/// 9999-12-31T23:59:59Z in seconds since 1970: the last time shown.
+const LAST_SHOWN: u64 = 253_402_300_799;
 /// Hex digits of the version in a history file's name.
 const VERSION_DIGITS: usize = 12;
 
@@ -63,7 +69,10 @@ pub struct RolledBack {
 
 impl std::fmt::Display for RolledBack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let loaded = humantime::format_rfc3339_seconds(self.restored.loaded);
+        // humantime shows years 1970 to 9999 only (an error past that would
+        // make `format!` panic); a file name can say any time.
+        let last = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_SHOWN);
+        let loaded = humantime::format_rfc3339_seconds(self.restored.loaded.clamp(SystemTime::UNIX_EPOCH, last));
         write!(
             f,
             "rolled back {}: version {} -> {} (last loaded {loaded}); a host watching the file reloads it now \
@@ -157,9 +166,12 @@ pub fn record(cache_dir: &Path, plugin: &Path, bytes: &[u8], sha256: &str) -> an
     if versions.first().is_some_and(|v| v.version == version) {
         return Ok(());
     }
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    // Strictly after the newest, even if the clock went back.
-    let stamp = versions.first().map_or(now, |v| now.max(v.stamp + 1));
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    // Strictly after the newest, even if the clock went back (a file named
+    // with the largest stamp makes this one share it: no overflow).
+    let stamp = versions.first().map_or(now, |v| now.max(v.stamp.saturating_add(1)));
     let file = dir.join(format!("{stamp:0STAMP_DIGITS$}-{version}.wasm"));
     match versions.iter().find(|v| v.version == version) {
         // Loaded before: move it to the front instead of copying it again.
@@ -176,12 +188,30 @@ pub fn record(cache_dir: &Path, plugin: &Path, bytes: &[u8], sha256: &str) -> an
     Ok(())
 }
 
-/// Refuse a history directory other users could write into: its versions
-/// are written back over the plugin by [`rollback`].
+/// Refuse a history directory (the key directory `dir` and the `history/`
+/// above it) that other users could have written into: its versions are
+/// written back over the plugin by [`rollback`], often as root. Each must
+/// be a directory itself (not a symlink to one elsewhere), owned by this
+/// user, and not writable by group or others, as the compile cache is.
 fn check_private(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = nix::unistd::geteuid().as_raw();
     for d in [dir, dir.parent().unwrap_or(dir)] {
-        let meta = std::fs::metadata(d).with_context(|| format!("cannot read {}", d.display()))?;
+        let meta = std::fs::symlink_metadata(d).with_context(|| format!("cannot read {}", d.display()))?;
+        if meta.file_type().is_symlink() {
+            bail!("{} is a symlink; the plugin history must be a directory of its own (remove it)", d.display());
+        }
+        if !meta.is_dir() {
+            bail!("{} is not a directory (remove it)", d.display());
+        }
+        if meta.uid() != me {
+            bail!(
+                "{} is owned by uid {}, not by this user (uid {me}); its files would be written over the plugin \
+                 (run this as the user the host runs as, or remove it)",
+                d.display(),
+                meta.uid()
+            );
+        }
         if meta.permissions().mode() & 0o022 != 0 {
             bail!("{} is writable by other users (chmod go-w it)", d.display());
         }
@@ -350,6 +380,71 @@ mod tests {
         let e = rollback(&plugin, Some(cache.path())).unwrap_err().to_string();
         assert!(e.contains("damaged"), "{e}");
         assert_eq!(std::fs::read(&plugin).unwrap(), b"v7");
+    }
+
+    /// A history directory that is a symlink, or that another user owns,
+    /// may hold that user's files: they are not written over the plugin.
+    #[test]
+    fn a_history_directory_that_is_a_symlink_or_not_ours_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (cache, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let plugin = work.path().join("p.wasm");
+        load(cache.path(), &plugin, b"one");
+        load(cache.path(), &plugin, b"two");
+        let dir = dir_for(cache.path(), &plugin).unwrap();
+        // Linked to a private directory elsewhere (another user's, say).
+        let elsewhere = tempfile::tempdir().unwrap();
+        let moved = elsewhere.path().join("key");
+        std::fs::rename(&dir, &moved).unwrap();
+        std::fs::set_permissions(&moved, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        let e = rollback(&plugin, Some(cache.path())).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} is a symlink", dir.display())) && !e.contains('\n'), "{e}");
+        let e = record(cache.path(), &plugin, b"three", &sha(b"three")).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} is a symlink", dir.display())), "{e}");
+        assert_eq!(std::fs::read(&plugin).unwrap(), b"two");
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::rename(&moved, &dir).unwrap();
+        rollback(&plugin, Some(cache.path())).unwrap();
+        assert_eq!(std::fs::read(&plugin).unwrap(), b"one");
+
+        // Owned by another user (only root can give a directory away).
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let nobody = 65534;
+        for d in [dir.clone(), dir.parent().unwrap().to_path_buf()] {
+            std::os::unix::fs::chown(&d, Some(nobody), Some(nobody)).unwrap();
+            let e = rollback(&plugin, Some(cache.path())).unwrap_err().to_string();
+            let want = format!("{} is owned by uid {nobody}", d.display());
+            assert!(e.contains(&want) && !e.contains('\n'), "{e}");
+            let e = record(cache.path(), &plugin, b"three", &sha(b"three")).unwrap_err().to_string();
+            assert!(e.contains(&want), "{e}");
+            std::os::unix::fs::chown(&d, Some(0), Some(0)).unwrap();
+        }
+        assert_eq!(std::fs::read(&plugin).unwrap(), b"one");
+    }
+
+    /// A history file named with a time past year 9999 (humantime cannot
+    /// show it) or the largest stamp (the next is one more) panics nothing.
+    #[test]
+    fn out_of_range_times_in_the_history_do_not_panic() {
+        let (cache, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let plugin = work.path().join("p.wasm");
+        load(cache.path(), &plugin, b"now");
+        let dir = dir_for(cache.path(), &plugin).unwrap();
+        std::fs::write(dir.join(format!("00300000000000000000-{}.wasm", &sha(b"far")[..12])), b"far").unwrap();
+        let done = rollback(&plugin, Some(cache.path())).unwrap();
+        assert_eq!(std::fs::read(&plugin).unwrap(), b"far");
+        let shown = format!("{done}");
+        assert!(shown.contains("(last loaded 9999-12-31T23:59:59Z)"), "{shown}");
+
+        std::fs::write(dir.join(format!("18446744073709551615-{}.wasm", &sha(b"last")[..12])), b"last").unwrap();
+        load(cache.path(), &plugin, b"newer");
+        let kept: Vec<String> = versions(cache.path(), &plugin).unwrap().into_iter().map(|v| v.version).collect();
+        assert!(kept.contains(&sha(b"newer")[..12].to_string()), "{kept:?}");
+        let done = rollback(&plugin, Some(cache.path())).unwrap();
+        assert!(format!("{done}").contains("9999-12-31T23:59:59Z"), "{done}");
     }
 
     #[test]

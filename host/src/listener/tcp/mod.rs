@@ -63,7 +63,9 @@ pub const HANDOVER_QUIET: Duration = Duration::from_millis(1000);
 /// address over: new connections are steered to the other listeners of
 /// its group, and this one accepts what is queued in it and on its way to
 /// it until none has come for [`HANDOVER_QUIET`]; its connections are
-/// served until their peers close them (or the drain ends).
+/// served until their peers close them (or the drain ends). With no other
+/// listener in the group it closes at once and ends its connections
+/// between requests, as a listener of its own does.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
     origin: Origin,
@@ -81,14 +83,22 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let connections = if origin == Origin::Shared { ctx.handover_end.clone() } else { shutdown.clone() };
+    // A child token: a shared listener with nobody to hand over to ends its
+    // connections at shutdown, without ending the other listeners' handover.
+    let connections = if origin == Origin::Shared { ctx.handover_end.child_token() } else { shutdown.clone() };
     let accepting = Accepting { listener: &listener, listening, ctx: &ctx, connections };
     accepting.run(&shutdown, None).await;
     let Some(addr) = listening.filter(|_| origin == Origin::Shared && !ctx.handover_end.is_cancelled()) else {
         return;
     };
     match reuseport::steer_away(listener.get_ref(), addr).await {
-        Ok(0) => tracing::info!("tcp {addr}: no other host listens on it; new connections are refused from now"),
+        // Nobody takes over: close now, as without --reuse-port, rather than
+        // accept until a quiet second (never, under load) or the drain's end.
+        Ok(0) => {
+            tracing::info!("tcp {addr}: no other host listens on it; new connections are refused from now");
+            accepting.connections.cancel();
+            return;
+        }
         Ok(n) => {
             tracing::info!("tcp {addr}: new connections go to the {n} other listener(s) of its SO_REUSEPORT group")
         }
