@@ -12,7 +12,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
@@ -268,26 +267,8 @@ async fn check(config: &Config, lines: &mut String) -> anyhow::Result<()> {
 /// Load one service's plugin as the server would, without its store:
 /// `PATH: ok: implements WORLD, version V (compiled in X ms | from cache)`.
 async fn check_plugin(config: &Config) -> anyhow::Result<String> {
-    let stats = Arc::new(Stats::default());
-    let services = services::Services {
-        store: Arc::new(crate::kv::Store::Unavailable("not opened by host check".into())),
-        namespace: crate::service::service_name(config)?.into(),
-        buckets: config.kv_buckets().into_iter().map(Into::into).collect(),
-        limits: kv_limits(config),
-        vars: config.vars(),
-        stats: stats.clone(),
-    };
-    let loaded = load(config, services, stats).await?;
-    let plugin = &loaded.plugin;
-    if plugin.world() == World::Connection
-        && let Some(addr) = config.udp.first()
-    {
-        anyhow::bail!(
-            "plugin {}: implements the world {}, which serves TCP only; it cannot serve --udp {addr}",
-            plugin.info().path.display(),
-            world_name(World::Connection)
-        );
-    }
+    let checked = crate::service::check(config, config.max_instances).await?;
+    let plugin = &checked.plugin;
     if plugin.world() == World::Connection
         && (config.framing != crate::config::Framing::Lines
             || config.tcp_isolation != crate::config::TcpIsolation::Request)
@@ -299,7 +280,7 @@ async fn check_plugin(config: &Config) -> anyhow::Result<String> {
             plugin.info().name
         );
     }
-    let how = match loaded.compiled_in {
+    let how = match checked.compiled_in {
         Some(took) => format!("compiled in {} ms", took.as_millis()),
         None => "from cache".into(),
     };
@@ -319,12 +300,10 @@ fn world_name(world: World) -> &'static str {
     }
 }
 
-/// A plugin loaded for a subcommand, with the engine's epoch ticker
-/// (timeouts need it) and how the load went.
+/// A plugin loaded for `host invoke`, with the engine's epoch ticker
+/// (timeouts need it).
 struct Loaded {
     plugin: Plugin,
-    /// The compile time, or `None` when it came from the compile cache.
-    compiled_in: Option<Duration>,
     _ticker: EpochTicker,
 }
 
@@ -345,19 +324,8 @@ async fn load(config: &Config, services: services::Services, stats: Arc<Stats>) 
     })?;
     let ticker = EpochTicker::start(&engine)?;
     let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), Arc::new(services))?;
-    let started = Instant::now();
     let plugin = loader.load(config.plugin_path()?, &call_limits(config)).await?;
-    let compiled_in = (stats.snapshot().cache_hits == 0).then(|| started.elapsed());
-    Ok(Loaded { plugin, compiled_in, _ticker: ticker })
-}
-
-fn kv_limits(config: &Config) -> services::KvLimits {
-    services::KvLimits {
-        max_key: config.kv_max_key,
-        max_value: config.kv_max_value,
-        max_bucket_bytes: config.kv_max_bucket_bytes as u64,
-        max_ops: config.kv_max_ops,
-    }
+    Ok(Loaded { plugin, _ticker: ticker })
 }
 
 /// The default log level of the host's own lines: `info` when serving;
@@ -454,7 +422,7 @@ mod tests {
             Cli::try_parse_args(["host", "invoke", "--plugin", "p.wasm", "--timeout", "2s", "--hex", "6869"]).unwrap();
         let Some(Command::Invoke(args)) = cli.command else { panic!("{cli:?}") };
         assert_eq!((args.payload.to_str(), args.hex, args.transport), (Some("6869"), true, None));
-        assert_eq!(args.config.timeout, Duration::from_secs(2));
+        assert_eq!(args.config.timeout, std::time::Duration::from_secs(2));
 
         let cli = Cli::try_parse_args(["host", "invoke", "--plugin", "p.wasm", "-"]).unwrap();
         let Some(Command::Invoke(args)) = cli.command else { panic!("{cli:?}") };

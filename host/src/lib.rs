@@ -399,7 +399,7 @@ async fn apply_services_file(
     }
     // Every new plugin loads before anything changes.
     for config in &to_start {
-        service::check(config).await.context(unchanged)?;
+        service::check(config, service::CHECK_INSTANCES).await.context(unchanged)?;
     }
     // Bind before anything stops, unless an address is held by a service
     // that is about to stop (its own old self, or another one).

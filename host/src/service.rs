@@ -245,38 +245,52 @@ impl Running {
     }
 }
 
-/// Instance slots of the engine a check builds.
-const CHECK_INSTANCES: u32 = 64;
+/// Instance slots of the engine a services-file reload's check builds.
+pub const CHECK_INSTANCES: u32 = 64;
+
+/// A plugin checked by [`check`].
+pub struct Checked {
+    /// The plugin, loaded and validated.
+    pub plugin: plugin::Plugin,
+    /// How long it took to compile; `None` if it came from the compile
+    /// cache.
+    pub compiled_in: Option<std::time::Duration>,
+}
 
 /// Load, compile, link and validate `config`'s plugin as the service
 /// would, without binding anything or opening its store: `host check`, and
-/// a services-file reload before it changes anything.
-pub async fn check(config: &Config) -> anyhow::Result<plugin::Plugin> {
-    // A small pool: the check instantiates once, and a full-size pool
-    // beside the running services' could exceed the process's address
-    // space (the compiled code does not depend on the pool's size).
+/// a services-file reload before it changes anything. The engine gets at
+/// most `pool` instance slots: a reload's check runs beside the running
+/// services' pools and needs one instance (the compiled code does not
+/// depend on the pool's size); `host check` gives `--max-instances`, to
+/// find a value the machine cannot reserve.
+pub async fn check(config: &Config, pool: u32) -> anyhow::Result<Checked> {
+    use anyhow::Context as _;
     let limits = engine::EngineLimits {
         max_memory: config.max_memory,
-        max_instances: config.max_instances.min(CHECK_INSTANCES),
+        max_instances: config.max_instances.min(pool),
         fuel: config.fuel.is_some(),
     };
-    let engine = engine::new_engine(limits)?;
+    let engine = engine::new_engine(limits).with_context(|| {
+        format!(
+            "--max-instances {} with --max-memory {}",
+            limits.max_instances,
+            bytesize::ByteSize(config.max_memory as u64)
+        )
+    })?;
     let stats = Arc::new(Stats::default());
     let services = plugin::services::Services {
         store: Arc::new(crate::kv::Store::Unavailable("not opened by a check".into())),
         namespace: service_name(config)?.into(),
-        buckets: Vec::new(),
-        limits: plugin::services::KvLimits {
-            max_key: config.kv_max_key,
-            max_value: config.kv_max_value,
-            max_bucket_bytes: config.kv_max_bucket_bytes as u64,
-            max_ops: config.kv_max_ops,
-        },
+        buckets: config.kv_buckets().into_iter().map(Into::into).collect(),
+        limits: kv_limits(config),
         vars: config.vars(),
         stats: stats.clone(),
     };
-    let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats, Arc::new(services))?;
+    let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), Arc::new(services))?;
+    let started = std::time::Instant::now();
     let plugin = loader.load(config.plugin_path()?, &dispatch::call_limits(config)).await?;
+    let compiled_in = (stats.snapshot().cache_hits == 0).then(|| started.elapsed());
     if plugin.world() == plugin::World::Connection
         && let Some(addr) = config.udp.first()
     {
@@ -286,7 +300,17 @@ pub async fn check(config: &Config) -> anyhow::Result<plugin::Plugin> {
             plugin.info().path.display()
         );
     }
-    Ok(plugin)
+    Ok(Checked { plugin, compiled_in })
+}
+
+/// The key-value limits of `config`.
+pub(crate) fn kv_limits(config: &Config) -> plugin::services::KvLimits {
+    plugin::services::KvLimits {
+        max_key: config.kv_max_key,
+        max_value: config.kv_max_value,
+        max_bucket_bytes: config.kv_max_bucket_bytes as u64,
+        max_ops: config.kv_max_ops,
+    }
 }
 
 /// The service's name: `--name`, else the plugin file's stem, which must
@@ -413,12 +437,7 @@ pub(crate) async fn open_services(
         store,
         namespace: namespace.into(),
         buckets: buckets.into_iter().map(Into::into).collect(),
-        limits: plugin::services::KvLimits {
-            max_key: config.kv_max_key,
-            max_value: config.kv_max_value,
-            max_bucket_bytes: config.kv_max_bucket_bytes as u64,
-            max_ops: config.kv_max_ops,
-        },
+        limits: kv_limits(config),
         vars: config.vars(),
         stats,
     })
