@@ -297,7 +297,7 @@ impl Inventory for Registry {
 fn reload_services_file(
     cli: Config,
     file: servicefile::ServicesFile,
-    mut hup: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
@@ -313,19 +313,7 @@ fn reload_services_file(
         if let Some(watch) = watch {
             tokio::spawn(watch.run(tx.clone(), shutdown.clone()));
         }
-        let signals = {
-            let (tx, shutdown) = (tx.clone(), shutdown.clone());
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        s = hup.recv() => if s.is_none() { return },
-                    }
-                    let _ = tx.send(Trigger::Signal);
-                }
-            }
-        };
-        tokio::spawn(signals);
+        tokio::spawn(reload::forward_sighup(hup, tx.clone(), shutdown.clone()));
         let mut current = file;
         loop {
             let trigger = tokio::select! {

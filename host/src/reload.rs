@@ -126,7 +126,7 @@ impl Reloader {
         mut self,
         mut rx: mpsc::UnboundedReceiver<Trigger>,
         tx: mpsc::UnboundedSender<Trigger>,
-        mut sighup: tokio::signal::unix::Signal,
+        sighup: tokio::signal::unix::Signal,
         watch: Option<FileWatch>,
         shutdown: CancellationToken,
     ) {
@@ -139,18 +139,7 @@ impl Reloader {
             }
         };
         // SIGHUP is turned into a trigger like the others.
-        let signals = {
-            let shutdown = shutdown.clone();
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        s = sighup.recv() => if s.is_none() { return },
-                    }
-                    let _ = tx.send(Trigger::Signal);
-                }
-            }
-        };
+        let signals = forward_sighup(sighup, tx, shutdown.clone());
         let reloads = async {
             loop {
                 let trigger = tokio::select! {
@@ -230,6 +219,21 @@ impl Reloader {
         let version = self.dispatcher.versions().current().plugin().info().version.clone();
         tracing::warn!("reload failed, still serving version {version}: {why}");
         self.last_failure = digest;
+    }
+}
+
+/// Send a [`Trigger::Signal`] on `tx` for every SIGHUP, until `shutdown`.
+pub(crate) async fn forward_sighup(
+    mut sighup: tokio::signal::unix::Signal,
+    tx: mpsc::UnboundedSender<Trigger>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = sighup.recv() => if s.is_none() { return },
+        }
+        let _ = tx.send(Trigger::Signal);
     }
 }
 
