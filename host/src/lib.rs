@@ -424,10 +424,10 @@ async fn apply_services_file(
                 None => Err(anyhow::anyhow!("not bound")),
             }
         };
-        let running = match result {
-            Ok(running) => {
+        let serving = match result {
+            Ok(service) => {
                 started.push(name.clone());
-                Some(running)
+                Some(service)
             }
             Err(e) => {
                 tracing::warn!("services file {}: service {name} not started: {e:#}", next.path.display());
@@ -445,8 +445,8 @@ async fn apply_services_file(
         };
         let mut missing = registry.missing.lock().expect("registry lock");
         missing.retain(|c| name_of(c) != name);
-        match running {
-            Some(running) => registry.services.lock().expect("registry lock").push(running),
+        match serving {
+            Some(service) => registry.services.lock().expect("registry lock").push(service),
             None => missing.push((*config).clone()),
         }
     }

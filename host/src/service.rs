@@ -197,15 +197,9 @@ impl Running {
         self.reload.clone()
     }
 
-    /// Every counter of the service since it started.
-    pub fn totals(&self) -> Snapshot {
-        self.dispatcher.totals()
-    }
-
     /// What `/status` and `/metrics` report about it.
     pub fn status(&self) -> ServiceStatus {
-        let (mut totals, versions) = self.dispatcher.versions().report();
-        totals += self.dispatcher.stats().snapshot();
+        let (totals, versions) = self.dispatcher.report();
         let in_flight: u64 = versions.iter().map(|v| v.stats.requests.saturating_sub(v.latency.count)).sum();
         let current = versions
             .iter()

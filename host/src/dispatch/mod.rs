@@ -86,9 +86,15 @@ impl Dispatcher {
     /// Every counter of the service: its own and every version's, dropped
     /// versions included.
     pub fn totals(&self) -> Snapshot {
-        let mut total = self.stats.snapshot();
-        total += self.versions.report().0;
-        total
+        self.report().0
+    }
+
+    /// [`Self::totals`], and the live versions with their own counters
+    /// (the current one first).
+    pub fn report(&self) -> (Snapshot, Vec<crate::status::VersionStatus>) {
+        let (mut total, versions) = self.versions.report();
+        total += self.stats.snapshot();
+        (total, versions)
     }
 
     /// A sequence of requests that run one after another, such as the
