@@ -73,6 +73,9 @@ class HostServices:
 
     def __init__(self):
         self._bucket = None
+        # The last Date made and its second: formatted once a second.
+        self._second = -1
+        self._date = ""
 
     def _open(self):
         if self._bucket is None:
@@ -104,9 +107,13 @@ class HostServices:
         return self._call("delete", key)
 
     def date(self):
-        t = time.gmtime()
-        return "%s, %02d %s %d %02d:%02d:%02d GMT" % (
-            _DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+        second = int(time.time())
+        if second != self._second:
+            t = time.gmtime(second)
+            self._second = second
+            self._date = "%s, %02d %s %d %02d:%02d:%02d GMT" % (
+                _DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+        return self._date
 
 
 class Session(connection.Session):

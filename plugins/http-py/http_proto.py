@@ -40,10 +40,15 @@ REASONS = {
 # RFC 9110 token (method, header name) and field value (visible ASCII,
 # space, tab and obs-text), as httparse accepts them.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
 _TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+\Z")
 _HEX = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _VERSIONS = {b"HTTP/1.1": 1, b"HTTP/1.0": 0}
+# The end of a head: the first empty line.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+# A well-formed request line, and a header field (its value still to be
+# stripped of spaces): one match each on the common path.
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP/1\.([01])\r?\Z")
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*?)\r?\Z")
 
 
 class Limits:
@@ -80,19 +85,8 @@ def _head_end(buf, start):
     """The end of the head that begins at `start` (after its blank line), or -1.
 
     Lines end with CRLF or a bare LF, as httparse accepts them."""
-    crlf = buf.find(b"\r\n\r\n", start)
-    i = buf.find(b"\n", start)
-    while i != -1:
-        if crlf != -1 and crlf < i:
-            return crlf + 4
-        j = i + 1
-        nxt = buf[j:j + 1]
-        if nxt == b"\n":
-            return j + 1
-        if nxt == b"\r" and buf[j + 1:j + 2] == b"\n":
-            return j + 2
-        i = buf.find(b"\n", j)
-    return -1
+    m = _BLANK_LINE.search(buf, start)
+    return -1 if m is None else m.end()
 
 
 def _parse_length(value):
@@ -140,19 +134,17 @@ def _percent_decode(raw):
         raise ValueError("the key is not UTF-8 once decoded") from None
 
 
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\nDate: " % (status, reason.encode()) for status, reason in REASONS.items()}
+_CONNECTION = {None: b"\r\n\r\n", b"keep-alive": b"\r\nConnection: keep-alive\r\n\r\n",
+               b"close": b"\r\nConnection: close\r\n\r\n"}
+
+
 def _response(status, date, headers, body, head_only, conn):
-    """The bytes of one response. `conn`: None, b"keep-alive" or b"close"."""
-    parts = [b"HTTP/1.1 %d %s\r\nDate: %s\r\n" % (status, REASONS.get(status, "Internal Server Error").encode(),
-                                                   date.encode())]
-    for name, value in headers:
-        parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"Content-Length: %d\r\n" % len(body))
-    if conn is not None:
-        parts.append(b"Connection: %s\r\n" % conn)
-    parts.append(b"\r\n")
-    if not head_only:
-        parts.append(body)
-    return b"".join(parts)
+    """The bytes of one response. `date` is bytes; `conn`: None,
+    b"keep-alive" or b"close"."""
+    fields = b"".join(b"%s: %s\r\n" % field for field in headers)
+    return b"%s%s\r\n%sContent-Length: %d%s%s" % (
+        _STATUS_LINES[status], date, fields, len(body), _CONNECTION[conn], b"" if head_only else body)
 
 
 _TEXT = ((b"Content-Type", b"text/plain"),)
@@ -212,7 +204,7 @@ class Http:
 
     def _date_now(self):
         if self._date is None:
-            self._date = self.services.date()
+            self._date = self.services.date().encode()
         return self._date
 
     def _serve(self, buf, out):
@@ -262,30 +254,29 @@ class Http:
         # The last two items are the blank line and the empty rest.
         if len(lines) - 2 - 1 > limits.max_headers:
             raise _Failed(431, "too many header fields")
-        request_line = lines[0].rstrip(b"\r")
-        parts = request_line.split(b" ")
-        if len(parts) != 3 or not _TOKEN.match(parts[0]) or not _TARGET.match(parts[1]):
-            raise _Failed(400, "malformed request: invalid request line")
-        minor = _VERSIONS.get(parts[2])
-        if minor is None:
-            if parts[2].startswith(b"HTTP/"):
+        m = _REQUEST_LINE.match(lines[0])
+        if m is None:
+            parts = lines[0].rstrip(b"\r").split(b" ")
+            if len(parts) == 3 and _TOKEN.match(parts[0]) and _TARGET.match(parts[1]) \
+                    and parts[2].startswith(b"HTTP/"):
                 raise _Failed(505, "the versions served are HTTP/1.0 and 1.1")
-            raise _Failed(400, "malformed request: invalid HTTP version")
+            raise _Failed(400, "malformed request: invalid request line")
+        method, target, minor = m.group(1, 2, 3)
+        minor = 1 if minor == b"1" else 0
         body_len = None
         chunked = close = keep_alive = False
         expect_continue = False
         hosts = 0
         for line in lines[1:-2]:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.match(name):
-                raise _Failed(400, "malformed request: invalid header name")
+            f = _FIELD.match(line)
+            if f is None:
+                raise _Failed(400, "malformed request: invalid header field")
+            name, value = f.group(1, 2)
             value = value.strip(b" \t")
-            if not _VALUE.match(value):
-                raise _Failed(400, "malformed request: invalid header value")
             name = name.lower()
-            if name == b"content-length":
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
                 n = _parse_length(value)
                 if n is None:
                     raise _Failed(400, "Content-Length is not a number")
@@ -299,8 +290,6 @@ class Http:
                     token = token.strip(b" \t").lower()
                     close |= token == b"close"
                     keep_alive |= token == b"keep-alive"
-            elif name == b"host":
-                hosts += 1
             elif name == b"expect":
                 if value.lower() != b"100-continue":
                     raise _Failed(417, "only Expect: 100-continue is understood")
@@ -314,11 +303,11 @@ class Http:
         body_len = body_len or 0
         if body_len > limits.max_body:
             raise _Failed(413, "the body is over %d bytes (max-body)" % limits.max_body)
-        path = _origin_path(parts[1].decode("latin-1"))
+        path = _origin_path(target.decode("latin-1"))
         if path is None:
             raise _Failed(400, "the request target is not a path")
         head = _Head()
-        head.method = parts[0]
+        head.method = method
         head.path = path
         head.head_len = head_len
         head.body_len = body_len

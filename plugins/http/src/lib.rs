@@ -40,7 +40,7 @@ impl Connection for Session {
         if let Err(e) = &limits {
             log::error(e);
         }
-        Session(Http::new(Host { bucket: None }, limits))
+        Session(Http::new(Host { bucket: None, date: (0, String::new()) }, limits))
     }
 
     fn on_data(&mut self, data: Vec<u8>) -> Result<Output, String> {
@@ -74,6 +74,9 @@ fn limits() -> Result<Limits, String> {
 /// request of the connection and kept for the rest.
 pub struct Host {
     bucket: Option<store::Bucket>,
+    /// The last `Date` made, and the second it is for: formatted once a
+    /// second, not once a call.
+    date: (u64, String),
 }
 
 impl Host {
@@ -107,6 +110,11 @@ impl Services for Host {
         self.bucket()?.delete(key).map_err(kv_error)
     }
     fn date(&mut self) -> String {
-        httpdate::fmt_http_date(SystemTime::now())
+        let now = SystemTime::now();
+        let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if secs != self.date.0 || self.date.1.is_empty() {
+            self.date = (secs, httpdate::fmt_http_date(now));
+        }
+        self.date.1.clone()
     }
 }
