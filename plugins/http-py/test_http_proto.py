@@ -145,6 +145,14 @@ class HttpTest(unittest.TestCase):
         self.assertEqual(statuses(out), ["201"])
         self.assertEqual(h.services.data["big"], body)
 
+    def test_bare_lf_line_ends_and_empty_lines_before_a_request(self):
+        out, close = http().feed(b"\r\n\r\nGET / HTTP/1.1\nHost: x\n\nGET / HTTP/1.1\r\nHost: x\n\r\n")
+        self.assertEqual((statuses(out), close), (["200", "200"], False))
+        out, close = http().feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.assertEqual((statuses(out), close), (["505"], True))
+        out, close = http().feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertEqual((statuses(out), close), (["400"], True))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -173,3 +173,13 @@ fn a_bad_config_value_is_answered_500() {
     assert_eq!(status_lines(&r), ["500"]);
     assert!(text(&r).contains("max-body"));
 }
+
+#[test]
+fn bare_lf_line_ends_and_empty_lines_before_a_request() {
+    let r = http().feed(b"\r\n\r\nGET / HTTP/1.1\nHost: x\n\nGET / HTTP/1.1\r\nHost: x\n\r\n");
+    assert_eq!((status_lines(&r), r.close), (vec!["200".to_string(), "200".to_string()], false));
+    let r = http().feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert_eq!((status_lines(&r), r.close), (vec!["505".to_string()], true));
+    let r = http().feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!((status_lines(&r), r.close), (vec!["400".to_string()], true));
+}
