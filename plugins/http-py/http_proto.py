@@ -1,0 +1,369 @@
+"""HTTP/1.1 over a byte stream, without any WebAssembly bindings.
+
+The same protocol as the Rust plugin's plugins/http/src/proto.rs (same
+routes, limits, status codes and closing rules), with its own parser
+instead of httparse. Pure Python, so that it is unit-tested with a plain
+`python3` (test_http_proto.py); connection.py wraps it in the exported
+`session` resource and gives it the store and the clock.
+
+Buffering is bounded: at most one request is kept between calls, and a
+request is at most `max_header_bytes` of head plus `max_body` of body;
+anything larger is answered 431 or 413 and the connection is closed.
+"""
+
+import re
+
+# Largest body, head and number of header fields (see Limits).
+DEFAULT_MAX_BODY = 1 << 20
+DEFAULT_MAX_HEADER_BYTES = 8 << 10
+DEFAULT_MAX_HEADERS = 100
+# The most header fields `max-headers` may allow (as in the Rust plugin).
+MAX_HEADERS_CAP = 1000
+
+REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    505: "HTTP Version Not Supported",
+    507: "Insufficient Storage",
+}
+
+# RFC 9110 token (method, header name) and field value (visible ASCII,
+# space, tab and obs-text), as httparse accepts them.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+\Z")
+_HEX = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_VERSIONS = {b"HTTP/1.1": 1, b"HTTP/1.0": 0}
+# The end of a head: the first empty line.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+# A well-formed request line, and a header field (its value still to be
+# stripped of spaces): one match each on the common path.
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP/1\.([01])\r?\Z")
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*?)\r?\Z")
+
+
+class Limits:
+    """The limits of one request."""
+
+    def __init__(self, max_body=DEFAULT_MAX_BODY, max_header_bytes=DEFAULT_MAX_HEADER_BYTES,
+                 max_headers=DEFAULT_MAX_HEADERS):
+        self.max_body = max_body
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+
+
+class KvError(Exception):
+    """A failed key-value call; the text names the host's flag of a limit."""
+
+
+class _Head:
+    """The head of a request whose body has not all arrived yet."""
+
+    __slots__ = ("method", "path", "head_len", "body_len", "keep_alive", "say_keep_alive",
+                 "expect_continue", "minor")
+
+
+class _Failed(Exception):
+    """A request that cannot be served: answered `status`, then closed."""
+
+    def __init__(self, status, why):
+        super().__init__(why)
+        self.status = status
+        self.why = why
+
+
+def _head_end(buf, start):
+    """The end of the head that begins at `start` (after its blank line), or -1.
+
+    Lines end with CRLF or a bare LF, as httparse accepts them."""
+    m = _BLANK_LINE.search(buf, start)
+    return -1 if m is None else m.end()
+
+
+def _parse_length(value):
+    """`Content-Length`: ASCII digits only; None if not."""
+    value = value.strip(b" \t")
+    if not value or not value.isdigit():
+        return None
+    return int(value)
+
+
+def _origin_path(target):
+    """The path of a request target without its query, or None."""
+    if not target.startswith("/"):
+        lower = target[:8].lower()
+        if lower.startswith("http://"):
+            rest = target[7:]
+        elif lower.startswith("https://"):
+            rest = target[8:]
+        else:
+            return None
+        slash = rest.find("/")
+        target = "/" if slash == -1 else rest[slash:]
+    for sep in "?#":
+        cut = target.find(sep)
+        if cut != -1:
+            target = target[:cut]
+    return target
+
+
+def _percent_decode(raw):
+    """`/kv/{key}`'s key: percent-decoded, and UTF-8 (keys are strings)."""
+    if _HEX.search(raw):
+        raise ValueError("a % in the key is not followed by two hex digits")
+    if "%" not in raw:
+        return raw
+    out = bytearray()
+    parts = raw.split("%")
+    out += parts[0].encode()
+    for part in parts[1:]:
+        out.append(int(part[:2], 16))
+        out += part[2:].encode()
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the key is not UTF-8 once decoded") from None
+
+
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\nDate: " % (status, reason.encode()) for status, reason in REASONS.items()}
+_CONNECTION = {None: b"\r\n\r\n", b"keep-alive": b"\r\nConnection: keep-alive\r\n\r\n",
+               b"close": b"\r\nConnection: close\r\n\r\n"}
+
+
+def _response(status, date, headers, body, head_only, conn):
+    """The bytes of one response. `date` is bytes; `conn`: None,
+    b"keep-alive" or b"close"."""
+    fields = b"".join(b"%s: %s\r\n" % field for field in headers)
+    return b"%s%s\r\n%sContent-Length: %d%s%s" % (
+        _STATUS_LINES[status], date, fields, len(body), _CONNECTION[conn], b"" if head_only else body)
+
+
+_TEXT = ((b"Content-Type", b"text/plain"),)
+_OCTETS = ((b"Content-Type", b"application/octet-stream"),)
+
+
+def _text(status, body):
+    return status, _TEXT, body
+
+
+def _not_allowed(allow):
+    return 405, ((b"Allow", allow), (b"Content-Type", b"text/plain")), b"Method Not Allowed\n"
+
+
+class Http:
+    """One connection's protocol state.
+
+    `services` has get(key) -> bytes | None, exists(key) -> bool,
+    set(key, value), delete(key) (raising KvError) and date() -> str.
+    `limits` is a Limits, or a str saying why the configured ones are
+    unusable: then every request is answered 500 with it.
+    """
+
+    def __init__(self, services, limits):
+        self.services = services
+        if isinstance(limits, str):
+            self.limits, self.config_error = Limits(), limits
+        else:
+            self.limits, self.config_error = limits, None
+        # Bytes received and not yet used (at most one partial request), as
+        # chunks joined only when a request may be complete: a large body
+        # arriving in many reads is copied once, not once per read.
+        self.chunks = []
+        self.buffered = 0
+        self.head = None
+        self._date = None
+
+    def feed(self, data):
+        """The next bytes of the stream: (bytes to write, close after them)."""
+        self._date = None
+        head = self.head
+        if head is not None and self.buffered + len(data) < head.head_len + head.body_len:
+            self.chunks.append(data)
+            self.buffered += len(data)
+            return b"", False
+        if self.chunks:
+            self.chunks.append(data)
+            buf = b"".join(self.chunks)
+        else:
+            buf = data
+        out = []
+        used, close = self._serve(buf, out)
+        rest = b"" if close else buf[used:]
+        self.chunks = [rest] if rest else []
+        self.buffered = len(rest)
+        return b"".join(out), close
+
+    def _date_now(self):
+        if self._date is None:
+            self._date = self.services.date().encode()
+        return self._date
+
+    def _serve(self, buf, out):
+        at = 0
+        while True:
+            if self.head is None:
+                # Empty lines before a request line are ignored (RFC 9112 2.2).
+                while buf[at:at + 1] in (b"\r", b"\n"):
+                    at += 1
+                if at >= len(buf):
+                    return at, False
+                try:
+                    head = self._parse_head(buf, at)
+                except _Failed as failed:
+                    body = ("%s %s\n" % (REASONS[failed.status], failed.why)).encode()
+                    out.append(_response(failed.status, self._date_now(), _TEXT, body, False, b"close"))
+                    return at, True
+                if head is None:
+                    return at, False
+                self.head = head
+            head = self.head
+            end = head.head_len + head.body_len
+            if len(buf) - at < end:
+                if head.expect_continue and head.minor == 1:
+                    out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+                head.expect_continue = False
+                return at, False
+            self.head = None
+            body = buf[at + head.head_len:at + end]
+            at += end
+            self._respond(head, body, out)
+            if not head.keep_alive:
+                return at, True
+
+    def _parse_head(self, buf, at):
+        """The head at `at`, or None if it has not all arrived."""
+        limits = self.limits
+        end = _head_end(buf, at)
+        if end == -1:
+            if len(buf) - at > limits.max_header_bytes:
+                raise _Failed(431, "request header fields too large")
+            return None
+        head_len = end - at
+        if head_len > limits.max_header_bytes:
+            raise _Failed(431, "request header fields too large")
+        lines = buf[at:end].split(b"\n")
+        # The last two items are the blank line and the empty rest.
+        if len(lines) - 2 - 1 > limits.max_headers:
+            raise _Failed(431, "too many header fields")
+        m = _REQUEST_LINE.match(lines[0])
+        if m is None:
+            parts = lines[0].rstrip(b"\r").split(b" ")
+            if len(parts) == 3 and _TOKEN.match(parts[0]) and _TARGET.match(parts[1]) \
+                    and parts[2].startswith(b"HTTP/"):
+                raise _Failed(505, "the versions served are HTTP/1.0 and 1.1")
+            raise _Failed(400, "malformed request: invalid request line")
+        method, target, minor = m.group(1, 2, 3)
+        minor = 1 if minor == b"1" else 0
+        body_len = None
+        chunked = close = keep_alive = False
+        expect_continue = False
+        hosts = 0
+        for line in lines[1:-2]:
+            f = _FIELD.match(line)
+            if f is None:
+                raise _Failed(400, "malformed request: invalid header field")
+            name, value = f.group(1, 2)
+            value = value.strip(b" \t")
+            name = name.lower()
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
+                n = _parse_length(value)
+                if n is None:
+                    raise _Failed(400, "Content-Length is not a number")
+                if body_len is not None and body_len != n:
+                    raise _Failed(400, "two different Content-Length values")
+                body_len = n
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                for token in value.split(b","):
+                    token = token.strip(b" \t").lower()
+                    close |= token == b"close"
+                    keep_alive |= token == b"keep-alive"
+            elif name == b"expect":
+                if value.lower() != b"100-continue":
+                    raise _Failed(417, "only Expect: 100-continue is understood")
+                expect_continue = True
+        if chunked and body_len is not None:
+            raise _Failed(400, "both Content-Length and Transfer-Encoding")
+        if chunked:
+            raise _Failed(411, "a body needs Content-Length (Transfer-Encoding is not served)")
+        if hosts > 1 or (minor == 1 and hosts == 0):
+            raise _Failed(400, "exactly one Host header is required in HTTP/1.1")
+        body_len = body_len or 0
+        if body_len > limits.max_body:
+            raise _Failed(413, "the body is over %d bytes (max-body)" % limits.max_body)
+        path = _origin_path(target.decode("latin-1"))
+        if path is None:
+            raise _Failed(400, "the request target is not a path")
+        head = _Head()
+        head.method = method
+        head.path = path
+        head.head_len = head_len
+        head.body_len = body_len
+        head.keep_alive = not close and (minor == 1 or keep_alive)
+        head.say_keep_alive = minor == 0 and keep_alive and not close
+        head.expect_continue = expect_continue and body_len > 0
+        head.minor = minor
+        return head
+
+    def _respond(self, head, body, out):
+        if not head.keep_alive:
+            conn = b"close"
+        elif head.say_keep_alive:
+            conn = b"keep-alive"
+        else:
+            conn = None
+        status, headers, payload = self._route(head, body)
+        out.append(_response(status, self._date_now(), headers, payload, head.method == b"HEAD", conn))
+
+    def _route(self, head, body):
+        if self.config_error is not None:
+            return _text(500, ("Internal Server Error: %s\n" % self.config_error).encode())
+        method, path = head.method, head.path
+        if path == "/":
+            if method in (b"GET", b"HEAD"):
+                return _text(200, b"Hello, World!\n")
+            return _not_allowed(b"GET, HEAD")
+        if not path.startswith("/kv/") or len(path) == 4:
+            return _text(404, b"Not Found\n")
+        try:
+            key = _percent_decode(path[4:])
+        except ValueError as e:
+            return _text(400, ("Bad Request: %s\n" % e).encode())
+        services = self.services
+        try:
+            if method in (b"GET", b"HEAD"):
+                value = services.get(key)
+                if value is None:
+                    return _text(404, b"Not Found\n")
+                return 200, _OCTETS, value
+            if method == b"PUT":
+                existed = services.exists(key)
+                services.set(key, body)
+                return (204, (), b"") if existed else _text(201, b"Created\n")
+            if method == b"DELETE":
+                services.delete(key)
+                return 204, (), b""
+        except KvError as e:
+            text = str(e)
+            if "--kv-max-key" in text:
+                status = 414
+            elif "--kv-max-value" in text:
+                status = 413
+            elif "--kv-max-bucket-bytes" in text:
+                status = 507
+            else:
+                status = 500
+            return _text(status, ("%s: store: %s\n" % (REASONS[status], text)).encode())
+        return _not_allowed(b"GET, HEAD, PUT, DELETE")

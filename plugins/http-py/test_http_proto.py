@@ -1,0 +1,158 @@
+"""Unit tests of http_proto (plain python3): the cases of the Rust plugin's
+proto tests, so that both plugins answer alike."""
+
+import re
+import unittest
+
+from http_proto import Http, KvError, Limits
+
+HELLO = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Fake:
+    def __init__(self):
+        self.data = {}
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def exists(self, key):
+        return key in self.data
+
+    def set(self, key, value):
+        if len(key) > 256:
+            raise KvError("key of 300 bytes is over the 256-byte limit (--kv-max-key)")
+        self.data[key] = bytes(value)
+
+    def delete(self, key):
+        self.data.pop(key, None)
+
+    def date(self):
+        return "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def http():
+    return Http(Fake(), Limits())
+
+
+def statuses(out):
+    return [m.decode() for m in re.findall(rb"HTTP/1\.1 (\d\d\d)", out)]
+
+
+class HttpTest(unittest.TestCase):
+    def test_hello(self):
+        out, close = http().feed(HELLO)
+        self.assertEqual(out, b"HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+                              b"Content-Type: text/plain\r\nContent-Length: 14\r\n\r\nHello, World!\n")
+        self.assertFalse(close)
+
+    def test_pipelined_and_split_at_every_byte(self):
+        two = HELLO + b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" \
+            + b"GET /kv/a HTTP/1.1\r\nHost: x\r\n\r\n"
+        whole = http().feed(two)[0]
+        for cut in range(len(two) + 1):
+            h = http()
+            got = h.feed(two[:cut])[0] + h.feed(two[cut:])[0]
+            self.assertEqual(got, whole, cut)
+        h = http()
+        self.assertEqual(b"".join(h.feed(two[i:i + 1])[0] for i in range(len(two))), whole)
+        self.assertTrue(whole.endswith(b"abc") and b"201 Created" in whole)
+
+    def test_kv_routes(self):
+        h = http()
+        self.assertEqual(statuses(h.feed(b"GET /kv/nope HTTP/1.1\r\nHost: x\r\n\r\n")[0]), ["404"])
+        put = b"PUT /kv/a%20b HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n"
+        self.assertEqual(statuses(h.feed(put + b"1" + put + b"2")[0]), ["201", "204"])
+        self.assertEqual(h.services.data["a b"], b"2")
+        out = h.feed(b"HEAD /kv/a%20b HTTP/1.1\r\nHost: x\r\n\r\n")[0]
+        self.assertTrue(out.endswith(b"Content-Length: 1\r\n\r\n"), out)
+        delete = b"DELETE /kv/a%20b HTTP/1.1\r\nHost: x\r\n\r\n"
+        self.assertEqual(statuses(h.feed(delete + delete)[0]), ["204", "204"])
+        out = h.feed(b"POST /kv/a HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /kv/ HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n")[0]
+        self.assertEqual(statuses(out), ["405", "405", "404", "404"])
+        self.assertIn(b"Allow: GET, HEAD, PUT, DELETE\r\n", out)
+        self.assertIn(b"Allow: GET, HEAD\r\n", out)
+        out, close = h.feed(b"GET /kv/%zz HTTP/1.1\r\nHost: x\r\n\r\nGET /kv/%ff HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual((statuses(out), close), (["400", "400"], False))
+        long = b"PUT /kv/" + b"k" * 300 + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        self.assertEqual(statuses(h.feed(long)[0]), ["414"])
+        self.assertEqual(statuses(h.feed(b"GET http://example.com/?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")[0]), ["200"])
+
+    def test_errors_close(self):
+        for req, status in [
+            (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", "411"),
+            (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "400"),
+            (b"GARBAGE\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n", "400"),
+            (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505"),
+            (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n", "413"),
+            (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", "413"),
+            (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n", "417"),
+            (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        ]:
+            out, close = http().feed(req)
+            self.assertEqual(statuses(out), [status], req)
+            self.assertTrue(close and b"Connection: close\r\n" in out)
+
+    def test_header_limits(self):
+        out, close = http().feed(b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000)
+        self.assertEqual((statuses(out), close), (["431"], True))
+        h = http()
+        replies = b""
+        for _ in range(100):
+            out, close = h.feed(b"a" * 100)
+            replies += out
+            if close:
+                break
+        self.assertTrue(replies.startswith(b"HTTP/1.1 431"), replies)
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+        self.assertEqual(statuses(http().feed(b"GET / HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")[0]), ["431"])
+
+    def test_connection_handling(self):
+        out, close = http().feed(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + HELLO)
+        self.assertEqual((statuses(out), close), (["200"], True))
+        out, close = http().feed(b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n")
+        self.assertEqual((statuses(out), close), (["200"], True))
+        out, close = http().feed(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        self.assertFalse(close)
+        self.assertIn(b"Connection: keep-alive\r\n", out)
+
+    def test_expect_continue_once_and_only_while_waiting(self):
+        h = http()
+        out, _ = h.feed(b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        self.assertEqual(out, b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertEqual(h.feed(b"ab")[0], b"")
+        self.assertEqual(statuses(h.feed(b"cd")[0]), ["201"])
+        out, _ = h.feed(b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx")
+        self.assertEqual(statuses(out), ["204"])
+
+    def test_a_bad_config_value_is_answered_500(self):
+        out, _ = Http(Fake(), 'wasi:config max-body="x" is wrong').feed(HELLO)
+        self.assertEqual(statuses(out), ["500"])
+        self.assertIn(b"max-body", out)
+
+    def test_a_large_body_in_many_reads(self):
+        h = Http(Fake(), Limits(max_body=4 << 20))
+        body = bytes(range(256)) * (4 << 12)
+        out, _ = h.feed(b"PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 8192):
+            out += h.feed(body[i:i + 8192])[0]
+        self.assertEqual(statuses(out), ["201"])
+        self.assertEqual(h.services.data["big"], body)
+
+    def test_bare_lf_line_ends_and_empty_lines_before_a_request(self):
+        out, close = http().feed(b"\r\n\r\nGET / HTTP/1.1\nHost: x\n\nGET / HTTP/1.1\r\nHost: x\n\r\n")
+        self.assertEqual((statuses(out), close), (["200", "200"], False))
+        out, close = http().feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.assertEqual((statuses(out), close), (["505"], True))
+        out, close = http().feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertEqual((statuses(out), close), (["400"], True))
+
+
+if __name__ == "__main__":
+    unittest.main()
