@@ -30,6 +30,11 @@ pub struct Measured {
     pub avg_us: Option<f64>,
     /// The 99th percentile in µs, when the client gives it.
     pub p99_us: Option<f64>,
+    /// The server's CPU time over the measurement's wall time (1.0 is one
+    /// core busy), its forked workers included.
+    pub server_cpu: Option<f64>,
+    /// The same for the client.
+    pub client_cpu: Option<f64>,
     /// Anything that makes the figure doubtful: errors, losses, wrong
     /// answers, as the client reported them.
     pub problems: Vec<String>,
@@ -115,7 +120,7 @@ pub fn parse_dnsperf(text: &str) -> anyhow::Result<Measured> {
             problems.push(format!("response codes: {codes}"));
         }
     }
-    Ok(Measured { rps, avg_us, p99_us: None, problems })
+    Ok(Measured { rps, avg_us, problems, ..Measured::default() })
 }
 
 /// wrk's `Requests/sec:`, the thread-stats `Latency` average, the `99%`
@@ -141,7 +146,7 @@ pub fn parse_wrk(text: &str) -> anyhow::Result<Measured> {
     if let Some(errors) = after(text, "Socket errors:") {
         problems.push(format!("socket errors: {}", errors.trim()));
     }
-    Ok(Measured { rps, avg_us, p99_us, problems })
+    Ok(Measured { rps, avg_us, p99_us, problems, ..Measured::default() })
 }
 
 /// A wrk duration (`695.00us`, `2.30ms`, `1.01s`, `2.00m`) in µs.
@@ -177,7 +182,7 @@ pub fn parse_redis_progress(text: &str, test: &str) -> anyhow::Result<Measured> 
     let (rps, avg_ms) = line.with_context(|| {
         format!("no `{prefix}… (overall: N)` line in redis-benchmark's output: {}", last_lines(text, 3))
     })?;
-    Ok(Measured { rps, avg_us: avg_ms.map(|ms| ms * 1e3), p99_us: None, problems: Vec::new() })
+    Ok(Measured { rps, avg_us: avg_ms.map(|ms| ms * 1e3), ..Measured::default() })
 }
 
 /// redis-benchmark's `--csv` result for `test`:
@@ -205,6 +210,7 @@ pub fn parse_redis_csv(text: &str, test: &str) -> anyhow::Result<Measured> {
         avg_us: value("avg_latency_ms").map(|ms| ms * 1e3),
         p99_us: value("p99_latency_ms").map(|ms| ms * 1e3),
         problems,
+        ..Measured::default()
     })
 }
 

@@ -15,6 +15,7 @@
 //! every row was measured on both sides.
 
 mod clients;
+mod measure;
 mod servers;
 mod table;
 mod tools;
@@ -24,9 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::process::Command;
 
-use self::clients::Measured;
 use self::servers::Server;
 use self::table::{Row, Side};
 use crate::process::Log;
@@ -72,7 +71,10 @@ enum Test {
     DnsUdp,
     DnsTcp,
     /// redis-benchmark `-t SET` or `-t GET` with `-P pipeline -c 50`.
-    Resp { command: &'static str, pipeline: u32 },
+    Resp {
+        command: &'static str,
+        pipeline: u32,
+    },
     Http,
 }
 
@@ -162,6 +164,8 @@ struct Context<'a> {
     queries: PathBuf,
     wasmtime: Result<PathBuf, String>,
     hello: Result<PathBuf, String>,
+    /// `/proc/loadavg` when the run started: whether the machine was idle.
+    load: String,
 }
 
 /// Run the benchmark and print its report on stdout (progress on stderr).
@@ -171,10 +175,16 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     let per_test = (options.warmup + options.duration + Duration::from_millis(500)) * 2;
     eprintln!("bench protocols: {tests} rows, about {} s of loads", (per_test * tests as u32).as_secs());
 
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map_or_else(|_| "unknown".to_owned(), |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     let tmp = tempfile::Builder::new().prefix("bench-protocols").tempdir().context("cannot create a temp dir")?;
     let tools = tools::debian(options.no_install).await;
     let wants = |p| options.only.contains(&p);
-    let zone = if wants(Protocol::Dns) { zone::load(&options.zone).map_err(|e| format!("{e:#}")) } else { Err("not run".into()) };
+    let zone = if wants(Protocol::Dns) {
+        zone::load(&options.zone).map_err(|e| format!("{e:#}"))
+    } else {
+        Err("not run".into())
+    };
     let queries = tmp.path().join("queries.txt");
     if let Ok(z) = &zone {
         std::fs::write(&queries, z.query_file()).with_context(|| format!("cannot write {}", queries.display()))?;
@@ -184,9 +194,13 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     } else {
         Err("not run".into())
     };
-    let hello = if wasmtime.is_ok() { tools::hello_component().await.map_err(|e| format!("{e:#}")) } else { Err("not run".into()) };
+    let hello = if wasmtime.is_ok() {
+        tools::hello_component().await.map_err(|e| format!("{e:#}"))
+    } else {
+        Err("not run".into())
+    };
     let cache = servers::subdir(tmp.path(), "compile-cache")?;
-    let cx = Context { options, tools, dir: tmp.path(), cache, zone, queries, wasmtime, hello };
+    let cx = Context { options, tools, dir: tmp.path(), cache, zone, queries, wasmtime, hello, load };
 
     let mut rows = Vec::new();
     let mut logs = Vec::new();
@@ -209,6 +223,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
 
     println!("{}", table::setup(&cx, &rows).await);
     println!("{}", table::render(&rows));
+    println!("{}", table::cpu(&rows));
     print!("{}", table::notes(&rows, &logs));
     let missing = rows.iter().filter(|r| !r.complete()).count();
     anyhow::ensure!(missing == 0, "{missing} of {} rows were not measured on both sides", rows.len());
@@ -236,7 +251,13 @@ fn client_label(test: Test, options: &Options) -> String {
 
 /// Start one side of `group` (the peer, or with `host` the host), run its
 /// tests, stop it. One [`Side`] per test, in order.
-async fn run_side(cx: &Context<'_>, group: &Group, host: bool, index: usize, logs: &mut Vec<(String, Log)>) -> Vec<Side> {
+async fn run_side(
+    cx: &Context<'_>,
+    group: &Group,
+    host: bool,
+    index: usize,
+    logs: &mut Vec<(String, Log)>,
+) -> Vec<Side> {
     let name = if host { format!("host, {}", group_host_name(group)) } else { group.peer.name().to_owned() };
     let all = |side: Side| group.tests.iter().map(|_| side.clone()).collect();
     if let Some(why) = missing(cx, group, host) {
@@ -258,7 +279,7 @@ async fn run_side(cx: &Context<'_>, group: &Group, host: bool, index: usize, log
     let mut sides = Vec::new();
     for (_, test, _, _) in &group.tests {
         let progress = format!("{} — {name}", row_label(*test, ""));
-        let side = match run_test(cx, *test, &server).await {
+        let side = match measure::run_test(cx, *test, &server).await {
             Ok(m) => {
                 eprintln!("{progress}: {:.0} req/s{}", m.rps, table::latency(&m));
                 Side::Measured(m)
@@ -342,7 +363,9 @@ async fn start_host(cx: &Context<'_>, group: &Group, dir: &Path) -> anyhow::Resu
         Protocol::Dns => {
             let zone = cx.zone.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut c = servers::host_command(&o.host, &o.dns_plugin, &cx.cache, dir, o.workers);
-            c.args(["--udp", &any, "--tcp", &any, "--framing", "u16"]);
+            // No amplification cap: NSD has none, and a 32-byte query may
+            // have a 500-byte answer (the cap would drop it).
+            c.args(["--udp", &any, "--tcp", &any, "--framing", "u16", "--max-amplification", "0"]);
             c.arg("--var").arg(format!("zone={}", zone.text));
             if group.reuse {
                 c.args(["--instance-reuse", &REUSE.to_string()]);
@@ -364,59 +387,6 @@ async fn start_host(cx: &Context<'_>, group: &Group, dir: &Path) -> anyhow::Resu
             let mut c = servers::host_command(&o.host, &o.http_plugin, &cx.cache, dir, o.workers);
             c.args(["--tcp", &any]);
             servers::start_host("host (http)", c, false, |tcp, _| servers::http_probe(tcp)).await
-        }
-    }
-}
-
-/// Run `test`'s client against `server`: the warm-up, then the measurement.
-async fn run_test(cx: &Context<'_>, test: Test, server: &Server) -> anyhow::Result<Measured> {
-    let o = cx.options;
-    let tool = |name| cx.tools.get(name).map_err(anyhow::Error::msg);
-    let secs = |d: Duration| format!("{}", d.as_secs_f64());
-    match test {
-        Test::DnsUdp | Test::DnsTcp => {
-            let (mode, addr) = match test {
-                Test::DnsUdp => ("udp", server.udp.context("the server has no UDP address")?),
-                _ => ("tcp", server.tcp),
-            };
-            let dnsperf = |limit: Duration| {
-                let mut c = Command::new(tool("dnsperf")?);
-                c.args(["-m", mode, "-s", &addr.ip().to_string(), "-p", &addr.port().to_string()]);
-                c.arg("-d").arg(&cx.queries).args(["-c", DNSPERF_CLIENTS, "-l", &secs(limit)]);
-                anyhow::Ok(c)
-            };
-            clients::run(dnsperf(o.warmup)?, o.warmup).await?;
-            clients::parse_dnsperf(&clients::run(dnsperf(o.duration)?, o.duration).await?)
-        }
-        Test::Resp { command, pipeline } => {
-            let bench = |requests: &str| {
-                let mut c = Command::new(tool("redis-benchmark")?);
-                c.args(["-h", "127.0.0.1", "-p", &server.tcp.port().to_string(), "-t", command]);
-                c.args(["-P", &pipeline.to_string(), "-c", "50", "-n", requests]);
-                anyhow::Ok(c)
-            };
-            // redis-benchmark runs for a count of requests, not a time: the
-            // warm-up measures the rate, which sizes the measured run.
-            let sizing = clients::run_for(bench(REDIS_SIZING_REQUESTS)?, o.warmup).await?;
-            let rate = clients::parse_redis_progress(&sizing, command)?.rps;
-            anyhow::ensure!(rate > 0.0, "redis-benchmark's warm-up completed no request");
-            let requests = ((rate * o.duration.as_secs_f64()) as u64).max(1_000);
-            let mut c = bench(&requests.to_string())?;
-            c.arg("--csv");
-            // Allowed three times the duration, for a rate that falls.
-            clients::parse_redis_csv(&clients::run(c, o.duration * 3).await?, command)
-        }
-        Test::Http => {
-            let url = format!("http://{}/", server.tcp);
-            let wrk = |limit: Duration| {
-                let mut c = Command::new(tool("wrk")?);
-                // wrk takes whole seconds.
-                let whole = limit.as_secs_f64().ceil().max(1.0);
-                c.args(["-t1", "-c64", &format!("-d{whole}s"), "--latency", &url]);
-                anyhow::Ok(c)
-            };
-            clients::run(wrk(o.warmup)?, o.warmup).await?;
-            clients::parse_wrk(&clients::run(wrk(o.duration)?, o.duration).await?)
         }
     }
 }

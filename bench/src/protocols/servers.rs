@@ -53,6 +53,14 @@ impl Server {
         log
     }
 
+    /// CPU seconds the server has used so far, its workers included.
+    pub fn cpu_seconds(&self) -> f64 {
+        match self.process.as_ref().and_then(|p| p.pid().ok()) {
+            Some(pid) => crate::sys::cpu_seconds(pid, self.group.is_some()),
+            None => 0.0,
+        }
+    }
+
     fn kill_group(&mut self) {
         if let Some(pid) = self.group.take() {
             // The whole group, workers included; ESRCH (all gone) is fine.
@@ -120,7 +128,14 @@ where
 
 /// NSD serving `zone` (named `origin`) from `dir` on `port`, with
 /// `workers` server processes and response-rate limiting off.
-pub async fn nsd(bin: &Path, dir: &Path, zone: &Path, origin: &Name, port: u16, workers: usize) -> anyhow::Result<Server> {
+pub async fn nsd(
+    bin: &Path,
+    dir: &Path,
+    zone: &Path,
+    origin: &Name,
+    port: u16,
+    workers: usize,
+) -> anyhow::Result<Server> {
     let conf = dir.join("nsd.conf");
     std::fs::write(&conf, nsd_conf(dir, zone, origin, port, workers))
         .with_context(|| format!("cannot write {}", conf.display()))?;
@@ -138,8 +153,10 @@ pub fn nsd_conf(dir: &Path, zone: &Path, origin: &Name, port: u16, workers: usiz
     let mut s = String::new();
     let _ = writeln!(s, "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  server-count: {workers}");
     let _ = writeln!(s, "  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  database: \"\"");
-    let _ = writeln!(s, "  pidfile: \"{d}/nsd.pid\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"");
-    let _ = writeln!(s, "  xfrdir: \"{d}\"\n  logfile: \"/dev/stderr\"\n  do-ip6: no\n  rrl-ratelimit: 0\n  verbosity: 1");
+    let _ =
+        writeln!(s, "  pidfile: \"{d}/nsd.pid\"\n  zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"");
+    let _ =
+        writeln!(s, "  xfrdir: \"{d}\"\n  logfile: \"/dev/stderr\"\n  do-ip6: no\n  rrl-ratelimit: 0\n  verbosity: 1");
     let _ = writeln!(s, "remote-control:\n  control-enable: no");
     let _ = writeln!(s, "zone:\n  name: \"{origin}\"\n  zonefile: \"{}\"", zone.display());
     s
@@ -158,7 +175,8 @@ pub async fn redis(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<Server> 
 /// [`HELLO`] as `text/plain`; no access log; its files in `dir`.
 pub async fn nginx(bin: &Path, dir: &Path, port: u16, workers: usize) -> anyhow::Result<Server> {
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, port, workers)).with_context(|| format!("cannot write {}", conf.display()))?;
+    std::fs::write(&conf, nginx_conf(dir, port, workers))
+        .with_context(|| format!("cannot write {}", conf.display()))?;
     let mut c = Command::new(bin);
     c.arg("-p").arg(dir).arg("-c").arg(&conf).args(["-e", "stderr"]);
     start_peer("nginx", c, port, false, move || http_probe(loopback(port))).await
@@ -180,12 +198,15 @@ pub fn nginx_conf(dir: &Path, port: u16, workers: usize) -> String {
 }
 
 /// `wasmtime serve` of `component` with `workers` tokio worker threads
-/// (`TOKIO_WORKER_THREADS`: serve has no flag for them) and its defaults
-/// otherwise: a fresh instance per request.
+/// (`TOKIO_WORKER_THREADS`: serve has no flag for them), `-Scli` (the
+/// component imports `wasi:cli/environment`, as Rust's std does on
+/// wasm32-wasip2, and serve links wasi:cli only when asked), and its
+/// defaults otherwise: a fresh instance per request.
 pub async fn wasmtime_serve(bin: &Path, component: &Path, port: u16, workers: usize) -> anyhow::Result<Server> {
     let mut c = Command::new(bin);
-    c.env("TOKIO_WORKER_THREADS", workers.to_string());
-    c.args(["serve", "--addr", &loopback(port).to_string()]).arg(component);
+    // A failure to start is explained in one line, without a backtrace.
+    c.env("TOKIO_WORKER_THREADS", workers.to_string()).env("RUST_BACKTRACE", "0");
+    c.args(["serve", "-Scli", "--addr", &loopback(port).to_string()]).arg(component);
     start_peer("wasmtime serve", c, port, false, move || http_probe(loopback(port))).await
 }
 

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::clients::{self, Measured};
-use super::{Context, REUSE, tools};
+use super::{Context, REUSE};
 use crate::process::Log;
 use crate::report::si;
 
@@ -94,11 +94,38 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
+/// The CPU each side's server and client used during the measurement: a
+/// first look at what limits a row (on 2 cores, a client that takes one
+/// leaves one to the server).
+pub fn cpu(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "CPU during the measurement (1.00 = one core busy):\n\n\
+         | row | peer | peer: server | peer: client | host: server | host: client |\n|---|---|---:|---:|---:|---:|\n",
+    );
+    let share = |side: &Side, pick: fn(&Measured) -> Option<f64>| match side {
+        Side::Measured(m) => pick(m).map_or_else(|| "—".to_owned(), |v| format!("{v:.2}")),
+        _ => "—".to_owned(),
+    };
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.label,
+            row.peer,
+            share(&row.peer_side, |m| m.server_cpu),
+            share(&row.peer_side, |m| m.client_cpu),
+            share(&row.host_side, |m| m.server_cpu),
+            share(&row.host_side, |m| m.client_cpu),
+        );
+    }
+    out
+}
+
 /// What ran, on what, with which versions and settings.
 pub async fn setup(cx: &Context<'_>, rows: &[Row]) -> String {
     let o = cx.options;
     let mut out = String::from("## Protocols against their usual servers\n\n");
-    let _ = writeln!(out, "- machine: {}", crate::sys::machine());
+    let _ = writeln!(out, "- machine: {}; load average at the start: {}", crate::sys::machine(), cx.load);
     let _ = writeln!(
         out,
         "- each measurement: `--warmup` {:?} (unmeasured; sizes redis-benchmark's run), then {:?}; \
@@ -132,15 +159,35 @@ pub async fn setup(cx: &Context<'_>, rows: &[Row]) -> String {
     }
     let _ = writeln!(out, "- versions: {}", versions.join("; "));
     let zone = match &cx.zone {
-        Ok(z) => format!("`{}` (origin `{}`, {} queries in the file, cycled)", z.path.display(), z.origin, z.queries.len()),
+        Ok(z) => {
+            format!("`{}` (origin `{}`, {} queries in the file, cycled)", z.path.display(), z.origin, z.queries.len())
+        }
         Err(e) => format!("none: {e}"),
     };
-    let _ = writeln!(out, "- DNS: zone {zone}; NSD `-d` with `server-count`, `rrl-ratelimit: 0`, no database, no chroot; host `--plugin {} --udp A --tcp A --framing u16 --var zone=<the zone file>`, the reuse rows with `--instance-reuse {REUSE}`", o.dns_plugin.display());
-    let _ = writeln!(out, "- RESP: `redis-server --port P --bind 127.0.0.1 --dir TMP` (persistence as shipped: RDB `save 3600 1 300 100 60 10000`, no AOF); host `--plugin {} --tcp A --workers 1 --data-dir TMP` (embedded store); redis-benchmark without `-r` (one key), 3-byte values, `-n` the warm-up's rate × the duration", o.resp_plugin.display());
-    let hello = cx.hello.as_ref().map_or_else(|e| e.clone(), |p| p.display().to_string());
-    let _ = writeln!(out, "- HTTP: `wasmtime serve --addr A {hello}` (bench/peers/wasi-http-hello, a fresh instance per request, its default); nginx `return 200 \"Hello, World!\\n\"`, `access_log off`, defaults otherwise; host `--plugin {} --tcp A`; every server checked to answer `GET /` with 200 and `Hello, World!\\n` first", o.http_plugin.display());
-    let _ = writeln!(out, "- wasmtime-cli: {WASMTIME}", WASMTIME = tools::WASMTIME_VERSION);
-    let _ = writeln!(out, "- rows: {} ({} measured on both sides)", rows.len(), rows.iter().filter(|r| r.complete()).count());
+    let _ = writeln!(
+        out,
+        "- DNS: zone {zone}; NSD `-d` with `server-count`, `rrl-ratelimit: 0`, no database, no chroot; host `--plugin {} --udp A --tcp A --framing u16 --max-amplification 0 --var zone=<the zone file>`, the reuse rows with `--instance-reuse {REUSE}`",
+        o.dns_plugin.display()
+    );
+    let _ = writeln!(
+        out,
+        "- RESP: `redis-server --port P --bind 127.0.0.1 --dir TMP` (persistence as shipped: RDB `save 3600 1 300 100 60 10000`, no AOF); host `--plugin {} --tcp A --workers 1 --data-dir TMP` (embedded store); redis-benchmark without `-r` (one key), 3-byte values, `-n` the warm-up's rate × the duration",
+        o.resp_plugin.display()
+    );
+    let hello = cx.hello.as_ref().map_or_else(|_| "hello.wasm".to_owned(), |p| p.display().to_string());
+    let _ = writeln!(
+        out,
+        "- HTTP: `TOKIO_WORKER_THREADS={} wasmtime serve -Scli --addr A {hello}` (bench/peers/wasi-http-hello, built for wasm32-wasip2; a fresh instance per request, serve's default); nginx `return 200 \"Hello, World!\\n\"`, `access_log off`, defaults otherwise; host `--plugin {} --tcp A --workers {}`; every server checked to answer `GET /` with 200 and `Hello, World!\\n` first",
+        o.workers,
+        o.http_plugin.display(),
+        o.workers
+    );
+    let _ = writeln!(
+        out,
+        "- rows: {} ({} measured on both sides)",
+        rows.len(),
+        rows.iter().filter(|r| r.complete()).count()
+    );
     out
 }
 

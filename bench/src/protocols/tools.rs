@@ -119,9 +119,7 @@ pub async fn wasmtime(given: Option<&Path>, no_install: bool) -> anyhow::Result<
         if given.is_some() {
             bail!("no wasmtime at {} (--wasmtime)", path.display());
         }
-        let shown = format!(
-            "cargo install --locked --root {WASMTIME_ROOT} wasmtime-cli --version ={WASMTIME_VERSION}"
-        );
+        let shown = format!("cargo install --locked --root {WASMTIME_ROOT} wasmtime-cli --version ={WASMTIME_VERSION}");
         if no_install {
             bail!("no wasmtime at {} (--no-install; install it with `{shown}`)", path.display());
         }
@@ -151,7 +149,7 @@ pub async fn wasmtime(given: Option<&Path>, no_install: bool) -> anyhow::Result<
 pub async fn hello_component() -> anyhow::Result<PathBuf> {
     let bench = Path::new(env!("CARGO_MANIFEST_DIR"));
     let manifest = bench.join("peers/wasi-http-hello/Cargo.toml");
-    let target = bench.join("../target/peers");
+    let target = bench.parent().unwrap_or(bench).join("target/peers");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"]).arg(&manifest);

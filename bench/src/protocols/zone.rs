@@ -37,7 +37,8 @@ pub struct Zone {
 
 /// Read and parse the zone file at `path`.
 pub fn load(path: &Path) -> anyhow::Result<Zone> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the zone file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the zone file {}", path.display()))?;
     let (origin, sets) = Parser::new(text.as_str(), Some(path.to_path_buf()), None)
         .parse()
         .with_context(|| format!("cannot parse the zone file {}", path.display()))?;
