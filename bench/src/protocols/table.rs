@@ -166,7 +166,8 @@ pub async fn setup(cx: &Context<'_>, rows: &[Row]) -> String {
     };
     let _ = writeln!(
         out,
-        "- DNS: zone {zone}; NSD `-d` with `server-count`, `rrl-ratelimit: 0`, no database, no chroot; host `--plugin {} --udp A --tcp A --framing u16 --max-amplification 0 --var zone=<the zone file>`, the reuse rows with `--instance-reuse {REUSE}`",
+        "- DNS: zone {zone}; NSD `-d` with `server-count: {}`, `rrl-ratelimit: 0`, no database, no chroot; host `--plugin {} --udp A --tcp A --framing u16 --max-amplification 0 --var zone=<the zone file>`, the reuse rows with `--instance-reuse {REUSE}`",
+        o.workers,
         o.dns_plugin.display()
     );
     let _ = writeln!(
