@@ -277,8 +277,8 @@ async fn run_side(
         }
     };
     let mut sides = Vec::new();
-    for (_, test, _, _) in &group.tests {
-        let progress = format!("{} — {name}", row_label(*test, ""));
+    for (_, test, label, _) in &group.tests {
+        let progress = format!("{} — {name}", row_label(*test, label));
         let side = match measure::run_test(cx, *test, &server).await {
             Ok(m) => {
                 eprintln!("{progress}: {:.0} req/s{}", m.rps, table::latency(&m));

@@ -74,7 +74,8 @@ pub fn render(rows: &[Row]) -> String {
         "| row | client | peer | peer req/s | host req/s | host / peer | goal |\n|---|---|---|---:|---:|---:|---|\n",
     );
     for row in rows {
-        let ratio = row.ratio().map_or_else(|| "—".to_owned(), |r| format!("{r:.2}"));
+        // Rounded down: a ratio just under its goal never shows as the goal.
+        let ratio = row.ratio().map_or_else(|| "—".to_owned(), |r| format!("{:.2}", (r * 100.0).floor() / 100.0));
         let goal = match (row.goal, row.ratio()) {
             (Some(g), Some(r)) if r >= g => format!("≥ {g} met"),
             (Some(g), Some(_)) => format!("≥ {g} **below**"),
@@ -221,4 +222,40 @@ pub fn notes(rows: &[Row], logs: &[(String, Log)]) -> String {
         let _ = writeln!(out, "- {name}: {warnings}{stats}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(peer: Side, host: Side, goal: Option<f64>) -> Row {
+        Row { order: 0, label: "r".into(), client: "c".into(), peer: "p", goal, peer_side: peer, host_side: host }
+    }
+
+    fn rate(rps: f64) -> Side {
+        Side::Measured(Measured { rps, avg_us: Some(724.0), ..Measured::default() })
+    }
+
+    #[test]
+    fn ratios_are_rounded_down_against_their_goal() {
+        let table = render(&[
+            row(rate(1000.0), rate(999.0), Some(1.0)),
+            row(rate(1000.0), rate(3000.0), Some(3.0)),
+            row(rate(1000.0), Side::Skipped("no plugin".into()), Some(0.5)),
+        ]);
+        let lines: Vec<&str> = table.lines().skip(2).collect();
+        assert!(lines[0].ends_with("| 0.99 | ≥ 1 **below** |"), "{}", lines[0]);
+        assert!(lines[0].contains("| 1.00k (avg 724 µs) |"), "{}", lines[0]);
+        assert!(lines[1].ends_with("| 3.00 | ≥ 3 met |"), "{}", lines[1]);
+        assert!(lines[2].ends_with("| skipped | — | ≥ 0.5 |"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn skips_and_failures_are_explained_in_the_notes() {
+        let rows = [row(Side::Failed("nsd did not answer".into()), Side::Skipped("no plugin".into()), None)];
+        let notes = notes(&rows, &[]);
+        assert!(notes.contains("- r, p: failed: nsd did not answer"), "{notes}");
+        assert!(notes.contains("- r, host: skipped: no plugin"), "{notes}");
+        assert!(!rows[0].complete());
+    }
 }
