@@ -14,6 +14,9 @@
 //!   with a cold and a warm compile cache.
 //! - `bench reload` times hot reloads from the rename of a new version to
 //!   its first reply, and checks that no request is lost on the way.
+//! - `bench protocols` runs the DNS, RESP and HTTP plugins against NSD,
+//!   redis-server, `wasmtime serve` and nginx with dnsperf,
+//!   redis-benchmark and wrk, and prints the ratios against issue 14's goals.
 //!
 //! This file only parses arguments and builds the tokio runtime each command
 //! asks for; the work is in the modules.
@@ -25,6 +28,7 @@ mod native;
 mod per_plugin;
 mod plugins;
 mod process;
+mod protocols;
 mod reload;
 mod report;
 mod startup;
@@ -61,6 +65,9 @@ enum Command {
     Startup(StartupArgs),
     /// Time hot reloads from the rename of a new version to its first reply.
     Reload(ReloadArgs),
+    /// The DNS, RESP and HTTP plugins against NSD, redis-server, wasmtime
+    /// serve and nginx, with dnsperf, redis-benchmark and wrk.
+    Protocols(ProtocolsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +235,49 @@ struct ReloadArgs {
     rounds: u32,
 }
 
+#[derive(Debug, Args)]
+struct ProtocolsArgs {
+    /// The host binary.
+    #[arg(long, value_name = "PATH", default_value = "target/release/host")]
+    host: PathBuf,
+    /// The DNS plugin (handler world).
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/dns.wasm")]
+    dns_plugin: PathBuf,
+    /// The RESP plugin (connection world).
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/resp.wasm")]
+    resp_plugin: PathBuf,
+    /// The HTTP plugin (connection world).
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/http.wasm")]
+    http_plugin: PathBuf,
+    /// The zone NSD and the DNS plugin serve; its record sets are the queries.
+    #[arg(long, value_name = "PATH", default_value = "examples/dns/example.zone")]
+    zone: PathBuf,
+    /// The wasmtime 48.0.8 binary of `wasmtime serve` [default:
+    /// target/tools/wasmtime-cli-48/bin/wasmtime, installed there by
+    /// `cargo install` if missing].
+    #[arg(long, value_name = "PATH")]
+    wasmtime: Option<PathBuf>,
+    /// How long each client measures.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// How long each client runs first, unmeasured.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Server processes or threads of the DNS and HTTP servers, the peers
+    /// and the host alike (RESP runs on one: Redis is single-threaded).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
+    /// A smoke test: 1 s measurements after 0.5 s warm-ups.
+    #[arg(long)]
+    quick: bool,
+    /// Install nothing: rows whose tools are missing are skipped.
+    #[arg(long)]
+    no_install: bool,
+    /// Only these protocols, comma-separated.
+    #[arg(long, value_enum, value_name = "PROTOCOL,...", value_delimiter = ',', default_values = ["dns", "resp", "http"])]
+    only: Vec<protocols::Protocol>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -236,6 +286,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare_command(args),
         Command::Startup(args) => startup_command(args),
         Command::Reload(args) => reload_command(args),
+        Command::Protocols(args) => protocols_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -333,6 +384,26 @@ fn reload_command(args: ReloadArgs) -> anyhow::Result<()> {
     let options = reload::Options { host: args.host, plugin_dir: args.plugin_dir, rounds: args.rounds };
     // One thread for the prober and the swaps: the host gets the other cores.
     until_interrupted(runtime(1)?, reload::run(&options))
+}
+
+fn protocols_command(args: ProtocolsArgs) -> anyhow::Result<()> {
+    let (duration, warmup) =
+        if args.quick { (Duration::from_secs(1), Duration::from_millis(500)) } else { (args.duration, args.warmup) };
+    let options = protocols::Options {
+        host: args.host,
+        dns_plugin: args.dns_plugin,
+        resp_plugin: args.resp_plugin,
+        http_plugin: args.http_plugin,
+        zone: args.zone,
+        wasmtime: args.wasmtime,
+        duration,
+        warmup,
+        workers: args.workers.into(),
+        no_install: args.no_install,
+        only: args.only,
+    };
+    // The clients are child processes; one thread starts them and reads them.
+    until_interrupted(runtime(1)?, protocols::run(&options))
 }
 
 /// Run `work` on `runtime`, or stop at Ctrl-C. Returning (also on Ctrl-C,
