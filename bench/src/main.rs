@@ -247,7 +247,7 @@ struct ProtocolsArgs {
     #[arg(long, value_name = "PATH", default_value = "target/plugins/resp.wasm")]
     resp_plugin: PathBuf,
     /// The HTTP plugin (connection world).
-    #[arg(long, value_name = "PATH", default_value = "target/plugins/http.wasm")]
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/http-rs.wasm")]
     http_plugin: PathBuf,
     /// The zone NSD and the DNS plugin serve; its record sets are the queries.
     #[arg(long, value_name = "PATH", default_value = "examples/dns/example.zone")]

@@ -300,7 +300,7 @@ fn group_host_name(group: &Group) -> &'static str {
         (Protocol::Dns, false) => "dns.wasm",
         (Protocol::Dns, true) => "dns.wasm, reuse",
         (Protocol::Resp, _) => "resp.wasm",
-        (Protocol::Http, _) => "http.wasm",
+        (Protocol::Http, _) => "http-rs.wasm",
     }
 }
 
