@@ -271,6 +271,15 @@ fn add(kv: &mut impl Kv, key: &[u8], delta: Result<i64, ()>, out: &mut Vec<u8>) 
     let key = keys::encode(key);
     if delta >= 0 {
         match kv.increment(&key, delta as u64) {
+            // The embedded store counts to 2^64-1, Redis to 2^63-1 (and a
+            // client cannot read a larger integer reply): put the value
+            // back and refuse, as Redis does. Not atomic: an increment by
+            // another connection in between is lost.
+            Ok(n) if n > i64::MAX as u64 => {
+                kv.set(&key, (n - delta as u64).to_string().as_bytes())?;
+                reply::error(out, OVERFLOW);
+                return Ok(());
+            }
             Ok(n) => {
                 reply::integer(out, n);
                 return Ok(());
@@ -523,6 +532,8 @@ pub(crate) mod tests {
             (&[b"set", b"big", b"9223372036854775807"], "+OK\r\n"),
             (&[b"set", b"small", b"-9223372036854775808"], "+OK\r\n"),
             (&[b"decr", b"small"], "-ERR increment or decrement would overflow\r\n"),
+            (&[b"incr", b"big"], "-ERR increment or decrement would overflow\r\n"),
+            (&[b"get", b"big"], "$19\r\n9223372036854775807\r\n"),
             (&[b"exists", b"k", b"k", b"nope"], ":2\r\n"),
             (&[b"mset", b"a", b"1", b"b", b"2"], "+OK\r\n"),
             (&[b"mset", b"a", b"1", b"b"], "-ERR wrong number of arguments for 'mset' command\r\n"),
