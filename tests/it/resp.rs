@@ -14,7 +14,8 @@ use crate::support::*;
 /// (`redis: None`) or on `redis`.
 fn resp_host(redis: Option<&Redis>, extra: &[&str]) -> Host {
     let p = plugin("resp");
-    let mut args: Vec<String> = vec!["--plugin".into(), p.to_str().unwrap().into(), "--tcp".into(), "127.0.0.1:0".into()];
+    let mut args: Vec<String> =
+        vec!["--plugin".into(), p.to_str().unwrap().into(), "--tcp".into(), "127.0.0.1:0".into()];
     if let Some(r) = redis {
         args.extend(["--kv".into(), r.url()]);
     }
@@ -58,7 +59,12 @@ fn cli_piped(addr: SocketAddr, input: &str) -> String {
 fn exchange(s: &mut TcpStream, request: &[u8], want: &[u8]) {
     s.write_all(request).unwrap();
     let got = read_n(s, want.len());
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want), "reply to {:?}", String::from_utf8_lossy(request));
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(want),
+        "reply to {:?}",
+        String::from_utf8_lossy(request)
+    );
 }
 
 /// A request as a RESP array of bulk strings.
@@ -121,7 +127,10 @@ fn redis_cli_one_shot_and_piped_on_both_backends() {
         assert_eq!(ask(&["SELECT", "1"]), "ERR DB index is out of range\n\n");
         assert_eq!(ask(&["GET"]), "ERR wrong number of arguments for 'get' command\n\n");
         assert_eq!(ask(&["FLUSHALL", "x"]), "ERR unknown command 'FLUSHALL', with args beginning with: 'x' \n\n");
-        assert_eq!(ask(&["SET", "k", "v", "EX", "10"]).lines().next().unwrap_or(""), "ERR SET options EX, PX, EXAT, PXAT, KEEPTTL and GET are not supported: keys do not expire here");
+        assert_eq!(
+            ask(&["SET", "k", "v", "EX", "10"]).lines().next().unwrap_or(""),
+            "ERR SET options EX, PX, EXAT, PXAT, KEEPTTL and GET are not supported: keys do not expire here"
+        );
         // A file of commands, as `redis-cli < file` sends it (after its
         // COMMAND DOCS), on one connection: the same output as from a real
         // redis-server.
@@ -197,8 +206,13 @@ fn keys_and_values_are_binary_safe_on_both_backends() {
         let all: Vec<u8> = (0..=255).collect();
         // Bytes that are not UTF-8 take 3 bytes each in the store's key
         // (the plugin's README says how), so 64 of them, not 128.
-        let keys: Vec<Vec<u8>> =
-            vec![all[..128].to_vec(), all[128..192].to_vec(), all[192..].to_vec(), b"a\r\n%b".to_vec(), b"%b:x".to_vec()];
+        let keys: Vec<Vec<u8>> = vec![
+            all[..128].to_vec(),
+            all[128..192].to_vec(),
+            all[192..].to_vec(),
+            b"a\r\n%b".to_vec(),
+            b"%b:x".to_vec(),
+        ];
         let mut s = tcp_connect(host.tcp());
         for key in &keys {
             exchange(&mut s, &request(&[b"SET", key, &all]), b"+OK\r\n");

@@ -49,8 +49,8 @@ pub struct Client {
 
 /// The commands this server knows, for `COMMAND COUNT`.
 const COMMANDS: &[&str] = &[
-    "auth", "client", "command", "config", "dbsize", "decr", "decrby", "del", "echo", "exists", "get", "hello",
-    "incr", "incrby", "info", "keys", "mget", "mset", "ping", "quit", "select", "set",
+    "auth", "client", "command", "config", "dbsize", "decr", "decrby", "del", "echo", "exists", "get", "hello", "incr",
+    "incrby", "info", "keys", "mget", "mset", "ping", "quit", "select", "set",
 ];
 
 /// The `redis_version` `INFO` and `HELLO` report: the Redis whose
@@ -59,6 +59,41 @@ pub const REDIS_VERSION: &str = "7.0.15";
 
 const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
 const OVERFLOW: &str = "ERR increment or decrement would overflow";
+
+/// Run `requests` (each never empty) in order, appending their replies to
+/// `out`; stops after one that closes the connection. Consecutive `GET`s
+/// are one `get-many` (one read of the store instead of one per key,
+/// which is most of a `GET`'s cost on the embedded store); the replies are
+/// the same as one `GET` at a time, and if the batch fails (one key over
+/// the host's limit, say), each is run alone so that only the bad one gets
+/// an error.
+pub fn run_all(kv: &mut impl Kv, client: &mut Client, requests: &[Vec<Vec<u8>>], out: &mut Vec<u8>) -> After {
+    let is_get = |args: &Vec<Vec<u8>>| args.len() == 2 && args[0].eq_ignore_ascii_case(b"get");
+    let mut i = 0;
+    while i < requests.len() {
+        let gets = requests[i..].iter().take_while(|r| is_get(r)).count();
+        if gets > 1 {
+            let names: Vec<String> = requests[i..i + gets].iter().map(|r| keys::encode(&r[1])).collect();
+            if let Ok(values) = kv.get_many(&names) {
+                for v in values {
+                    match v {
+                        Some(v) => reply::bulk(out, &v),
+                        None => reply::nil(out),
+                    }
+                }
+                i += gets;
+                continue;
+            }
+        }
+        for args in &requests[i..i + gets.max(1)] {
+            if run(kv, client, args, out) == After::Close {
+                return After::Close;
+            }
+        }
+        i += gets.max(1);
+    }
+    After::Continue
+}
 
 /// Run the request `args` (never empty) and append its reply to `out`.
 pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Vec<u8>) -> After {
@@ -117,12 +152,7 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
         "incr" => add(kv, &args[1], Ok(1), out),
         "decr" => add(kv, &args[1], Ok(-1), out),
         "incrby" => add(kv, &args[1], parse_i64(&args[2]).ok_or(()), out),
-        "decrby" => add(
-            kv,
-            &args[1],
-            parse_i64(&args[2]).ok_or(()).and_then(|n| n.checked_neg().ok_or(())),
-            out,
-        ),
+        "decrby" => add(kv, &args[1], parse_i64(&args[2]).ok_or(()).and_then(|n| n.checked_neg().ok_or(())), out),
         "mget" => {
             let names: Vec<String> = args[1..].iter().map(|k| keys::encode(k)).collect();
             kv.get_many(&names).map(|values| {
@@ -219,7 +249,10 @@ fn set(kv: &mut impl Kv, args: &[Vec<u8>], out: &mut Vec<u8>) -> Result<(), Stri
             b"NX" if !xx => nx = true,
             b"XX" if !nx => xx = true,
             b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" | b"GET" => {
-                reply::error(out, "ERR SET options EX, PX, EXAT, PXAT, KEEPTTL and GET are not supported: keys do not expire here");
+                reply::error(
+                    out,
+                    "ERR SET options EX, PX, EXAT, PXAT, KEEPTTL and GET are not supported: keys do not expire here",
+                );
                 return Ok(());
             }
             _ => {
@@ -553,6 +586,16 @@ pub(crate) mod tests {
             assert_eq!(exchange(&mut kv, line), *want, "{line:?}");
         }
         assert_eq!(exchange(&mut kv, &[b"dbsize"]), ":5\r\n");
+        // A run of GETs is one batch, with the same replies.
+        let reqs: Vec<Vec<Vec<u8>>> =
+            [&b"k"[..], b"x", b"b", b"k"].iter().map(|k| vec![b"GET".to_vec(), k.to_vec()]).collect();
+        let mut out = Vec::new();
+        let mut batch = reqs.clone();
+        batch.insert(2, vec![b"PING".to_vec()]);
+        batch.push(vec![b"QUIT".to_vec()]);
+        batch.push(vec![b"PING".to_vec()]);
+        assert_eq!(run_all(&mut kv, &mut Client::default(), &batch, &mut out), After::Close);
+        assert_eq!(String::from_utf8(out).unwrap(), "$1\r\nw\r\n$-1\r\n+PONG\r\n$1\r\n2\r\n$1\r\nw\r\n+OK\r\n");
         assert_eq!(exchange(&mut kv, &[b"keys", b"[bk]*"]), "*3\r\n$1\r\nb\r\n$3\r\nbig\r\n$1\r\nk\r\n");
     }
 }

@@ -56,19 +56,25 @@ impl Connection for Resp {
 
     fn on_data(&mut self, data: Vec<u8>) -> Result<Output, String> {
         self.parser.feed(&data);
-        let mut out = Vec::new();
-        loop {
+        // Every complete request of this call first, then run them: a run
+        // of pipelined GETs becomes one store call.
+        let mut requests = Vec::new();
+        let parsed = loop {
             match self.parser.next() {
-                Ok(Some(args)) => {
-                    if commands::run(&mut self.kv, &mut self.client, &args, &mut out) == After::Close {
-                        return Ok(Output::reply_and_close(out));
-                    }
-                }
-                Ok(None) => return Ok(Output::reply(out)),
-                Err(e) => {
-                    reply::error(&mut out, &format!("ERR Protocol error: {}", e.0));
-                    return Ok(Output::reply_and_close(out));
-                }
+                Ok(Some(args)) => requests.push(args),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        let mut out = Vec::new();
+        if commands::run_all(&mut self.kv, &mut self.client, &requests, &mut out) == After::Close {
+            return Ok(Output::reply_and_close(out));
+        }
+        match parsed {
+            Ok(()) => Ok(Output::reply(out)),
+            Err(e) => {
+                reply::error(&mut out, &format!("ERR Protocol error: {}", e.0));
+                Ok(Output::reply_and_close(out))
             }
         }
     }

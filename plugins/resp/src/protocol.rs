@@ -102,7 +102,8 @@ impl Parser {
                 }
                 if count > 0 {
                     let left = count as usize;
-                    self.partial = Some(Partial { left, args: Vec::with_capacity(left.min(1024)), ..Default::default() });
+                    self.partial =
+                        Some(Partial { left, args: Vec::with_capacity(left.min(1024)), ..Default::default() });
                 }
                 continue;
             };
@@ -122,10 +123,7 @@ impl Parser {
                         .ok_or_else(|| error("invalid bulk length"))? as usize;
                     partial.held += len + ARG_OVERHEAD;
                     if partial.held > self.limits.max_request {
-                        return Err(error(&format!(
-                            "request of more than {} bytes",
-                            self.limits.max_request
-                        )));
+                        return Err(error(&format!("request of more than {} bytes", self.limits.max_request)));
                     }
                     self.pos += line.len() + 2;
                     partial.bulk = Some(len);
