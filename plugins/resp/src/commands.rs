@@ -116,7 +116,7 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
         }
     };
     let arity_ok = if arity >= 0 { argc == arity as usize } else { argc >= arity.unsigned_abs() as usize };
-    if !arity_ok || (name == "mset" && argc % 2 == 0) || (name == "ping" && argc > 2) {
+    if !arity_ok || (name == "mset" && argc.is_multiple_of(2)) || (name == "ping" && argc > 2) {
         reply::error(out, &format!("ERR wrong number of arguments for '{name}' command"));
         return After::Continue;
     }

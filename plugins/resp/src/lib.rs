@@ -60,7 +60,7 @@ impl Connection for Resp {
         // of pipelined GETs becomes one store call.
         let mut requests = Vec::new();
         let parsed = loop {
-            match self.parser.next() {
+            match self.parser.next_request() {
                 Ok(Some(args)) => requests.push(args),
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),

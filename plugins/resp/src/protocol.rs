@@ -82,7 +82,7 @@ impl Parser {
 
     /// The next complete request (its arguments; never empty), `None` if
     /// more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+    pub fn next_request(&mut self) -> Result<Option<Vec<Vec<u8>>>, ProtocolError> {
         loop {
             let Some(partial) = self.partial.as_mut() else {
                 let Some(&first) = self.buf.get(self.pos) else { return Ok(None) };
@@ -223,12 +223,14 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
             match quote {
                 Some(b'"') => {
                     let c = *line.get(i)?;
-                    if c == b'\\' && line.get(i + 1) == Some(&b'x') && i + 3 < line.len() {
-                        if let (Some(h), Some(l)) = (hex(line[i + 2]), hex(line[i + 3])) {
-                            arg.push(h * 16 + l);
-                            i += 4;
-                            continue;
-                        }
+                    if c == b'\\'
+                        && line.get(i + 1) == Some(&b'x')
+                        && let (Some(h), Some(l)) =
+                            (line.get(i + 2).and_then(|&b| hex(b)), line.get(i + 3).and_then(|&b| hex(b)))
+                    {
+                        arg.push(h * 16 + l);
+                        i += 4;
+                        continue;
                     }
                     if c == b'\\' && i + 1 < line.len() {
                         arg.push(match line[i + 1] {
@@ -341,7 +343,7 @@ mod tests {
 
     fn all(p: &mut Parser) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
         let mut out = Vec::new();
-        while let Some(req) = p.next()? {
+        while let Some(req) = p.next_request()? {
             out.push(req);
         }
         Ok(out)
