@@ -326,3 +326,37 @@ fn hostile_input_costs_bounded_memory_and_only_its_connection() {
     assert_eq!((stats["plugin_errors"], stats["traps"]), (0, 0));
     drop(held);
 }
+
+#[test]
+fn value_limits_follow_the_host_flags_and_the_plugin_variables() {
+    // The largest value the store takes (--kv-max-value, 1 MiB) is a reply
+    // of 12 bytes more than the default --max-reply: GET of it closes the
+    // connection unless --max-reply is raised.
+    let big = vec![b'v'; 1 << 20];
+    for (extra, served) in [(&[][..], false), (&["--max-reply", "2MiB"][..], true)] {
+        let host = resp_host(None, extra);
+        let mut s = tcp_connect(host.tcp());
+        exchange(&mut s, &request(&[b"SET", b"big", &big]), b"+OK\r\n");
+        if served {
+            exchange(&mut s, &request(&[b"GET", b"big"]), &bulk(&big));
+        } else {
+            s.write_all(&request(&[b"GET", b"big"])).unwrap();
+            assert!(closed_within(&mut s, REPLY_TIMEOUT));
+        }
+    }
+    // One byte over --kv-max-value: the store's error, the connection stays.
+    let host = resp_host(None, &["--kv-max-value", "10"]);
+    let mut s = tcp_connect(host.tcp());
+    exchange(
+        &mut s,
+        &request(&[b"SET", b"k", b"12345678901"]),
+        b"-ERR store: value of 11 bytes is over the 10-byte limit (--kv-max-value)\r\n",
+    );
+    exchange(&mut s, b"PING\r\n", b"+PONG\r\n");
+    // Over resp-max-bulk: a protocol error, and closed.
+    let host = resp_host(None, &["--var", "resp-max-bulk=10"]);
+    let mut s = tcp_connect(host.tcp());
+    exchange(&mut s, &request(&[b"SET", b"k", b"1234567890"]), b"+OK\r\n");
+    exchange(&mut s, &request(&[b"SET", b"k", b"12345678901"]), b"-ERR Protocol error: invalid bulk length\r\n");
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+}

@@ -580,12 +580,38 @@ pub(crate) mod tests {
             (&[b"config", b"get", b"save"], "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"),
             (&[b"config", b"get", b"nothing"], "*0\r\n"),
             (&[b"command", b"docs"], "*0\r\n"),
+            (&[b"command", b"count"], ":22\r\n"),
+            (&[b"hello", b"3"], "-NOPROTO unsupported protocol version\r\n"),
+            (
+                &[b"client", b"setname", b"a b"],
+                "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+            ),
+            (&[b"client", b"list"], "-ERR unknown subcommand 'list'. Try CLIENT HELP.\r\n"),
+            (
+                &[b"config", b"set", b"save", b""],
+                "-ERR CONFIG SET, RESETSTAT and REWRITE are not supported by this server\r\n",
+            ),
+            (
+                &[b"auth", b"pw"],
+                "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+            ),
             (&[b"quit"], "+OK\r\n"),
         ];
         for (line, want) in cases {
             assert_eq!(exchange(&mut kv, line), *want, "{line:?}");
         }
         assert_eq!(exchange(&mut kv, &[b"dbsize"]), ":5\r\n");
+        let mut client = Client::default();
+        let mut out = Vec::new();
+        for line in
+            [&[&b"CLIENT"[..], b"SETNAME", b"bench"][..], &[b"client", b"getname"], &[b"hello", b"2"], &[b"info"]]
+        {
+            let args: Vec<Vec<u8>> = line.iter().map(|a| a.to_vec()).collect();
+            run(&mut kv, &mut client, &args, &mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("+OK\r\n$5\r\nbench\r\n*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "{text}");
+        assert!(text.contains("redis_version:7.0.15\r\n"), "{text}");
         // A run of GETs is one batch, with the same replies.
         let reqs: Vec<Vec<Vec<u8>>> =
             [&b"k"[..], b"x", b"b", b"k"].iter().map(|k| vec![b"GET".to_vec(), k.to_vec()]).collect();
