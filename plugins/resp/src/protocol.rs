@@ -115,8 +115,11 @@ impl Parser {
             match partial.bulk {
                 None => {
                     let Some(line) = line(rest, "too big bulk count string")? else { return Ok(None) };
-                    if line[0] != b'$' {
-                        return Err(error(&format!("expected '$', got '{}'", char::from(line[0]))));
+                    // The line may be empty (`\r` first): Redis then names
+                    // the `\r`.
+                    let first = rest[0];
+                    if first != b'$' {
+                        return Err(error(&format!("expected '$', got '{}'", char::from(first))));
                     }
                     let len = parse_i64(&line[1..])
                         .filter(|&n| n >= 0 && n as u64 <= self.limits.max_bulk as u64)
@@ -392,6 +395,7 @@ mod tests {
             (b"*99999999999\r\n", "invalid multibulk length"),
             (b"*x\r\n", "invalid multibulk length"),
             (b"*1\r\nx\r\n", "expected '$', got 'x'"),
+            (b"*1\r\n\r\n", "expected '$', got '\r'"),
             (b"set \"a\r\n", "unbalanced quotes in request"),
             (b"set \"a\"b\r\n", "unbalanced quotes in request"),
         ];
@@ -417,6 +421,46 @@ mod tests {
         p.feed(b"$100\r\n");
         assert_eq!(all(&mut p), Err(error("request of more than 250 bytes")));
         assert!(p.held() < 400);
+    }
+
+    /// Random bytes and random mutations of valid requests, fed in random
+    /// pieces: the parser never panics and never holds more than its
+    /// bounds allow (a small stand-in for a fuzz target).
+    #[test]
+    fn random_input_never_panics_and_stays_bounded() {
+        let limits = Limits { max_bulk: 64, max_request: 256 };
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"*$\r\n0123456789-\"' \\xabGETS";
+        for round in 0..3000 {
+            let mut stream: Vec<u8> = if round % 2 == 0 {
+                (0..rand() % 200).map(|_| alphabet[(rand() % alphabet.len() as u64) as usize]).collect()
+            } else {
+                b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nget \"a\\x41\" 'b'\r\n".to_vec()
+            };
+            for _ in 0..rand() % 4 {
+                if !stream.is_empty() {
+                    let at = (rand() % stream.len() as u64) as usize;
+                    stream[at] = alphabet[(rand() % alphabet.len() as u64) as usize];
+                }
+            }
+            let mut p = Parser::new(limits);
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let n = 1 + (rand() % rest.len() as u64) as usize;
+                p.feed(&rest[..n]);
+                rest = &rest[n..];
+                match all(&mut p) {
+                    Ok(_) => assert!(p.held() <= MAX_INLINE + limits.max_request + stream.len()),
+                    Err(_) => break,
+                }
+            }
+        }
     }
 
     #[test]
