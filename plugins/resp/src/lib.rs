@@ -5,8 +5,8 @@
 //! the embedded store or on Redis (`--kv redis://...`): the plugin never
 //! opens a socket of its own. The framing is the plugin's (the host hands
 //! it the stream split anywhere): [`protocol`] reads requests, [`commands`]
-//! answers them, [`keys`] maps Redis's byte keys to the store's string
-//! keys.
+//! answers them ([`server`]: the commands about the server and the
+//! connection), [`keys`] maps Redis's byte keys to the store's string keys.
 //!
 //! Limits, read from `wasi:config` at the connection's start (`--var`):
 //!
@@ -21,6 +21,7 @@
 pub mod commands;
 pub mod keys;
 pub mod protocol;
+pub mod server;
 
 use sockets_plugin::connection::{Connection, ConnectionInfo, Output};
 use sockets_plugin::keyvalue::{atomics, batch, store};
