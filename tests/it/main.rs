@@ -17,6 +17,7 @@ mod languages;
 mod ops;
 mod output;
 mod reload;
+mod resp;
 mod sdk;
 mod services;
 mod state;

@@ -291,15 +291,15 @@ fn javascript_plugin_keeps_notes_in_the_store() {
 }
 
 /// A `redis-server` of our own on a free loopback port, stopped when
-/// dropped.
-struct Redis {
+/// dropped. (Also used by the `resp` tests.)
+pub(crate) struct Redis {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Redis {
-    fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut redis = Redis { child: None, port, dir: tempfile::tempdir().unwrap() };
         redis.run();
@@ -338,7 +338,7 @@ impl Redis {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 

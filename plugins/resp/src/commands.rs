@@ -1,0 +1,497 @@
+//! The commands: each request (its arguments) becomes store calls and one
+//! RESP2 reply, with Redis's texts for errors a client can cause.
+//!
+//! The store is behind the [`Kv`] trait so that the commands are tested
+//! natively against a map ([`tests`]) and served against `wasi:keyvalue`
+//! in the plugin. A store error is answered `-ERR store: TEXT` (the host's
+//! text, which names the limit or the backend's failure) and the
+//! connection stays usable.
+
+use crate::protocol::{parse_i64, reply};
+use crate::{keys, server};
+
+/// The key-value operations the commands use: `wasi:keyvalue`'s, on one
+/// bucket, with string keys (see [`keys`]) and the host's error text.
+pub trait Kv {
+    /// `store.get`.
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// `store.set`.
+    fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String>;
+    /// `store.exists`.
+    fn exists(&mut self, key: &str) -> Result<bool, String>;
+    /// `batch.delete-many`.
+    fn delete_many(&mut self, keys: &[String]) -> Result<(), String>;
+    /// `atomics.increment`.
+    fn increment(&mut self, key: &str, delta: u64) -> Result<u64, String>;
+    /// `batch.get-many`: the values, in the order of `keys`.
+    fn get_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String>;
+    /// `batch.set-many`.
+    fn set_many(&mut self, pairs: &[(String, Vec<u8>)]) -> Result<(), String>;
+    /// `store.list-keys`: one page and the cursor of the next.
+    fn list_keys(&mut self, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), String>;
+}
+
+/// What the connection does after a command's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Read the next command.
+    Continue,
+    /// Close the connection after the reply (`QUIT`).
+    Close,
+}
+
+/// The state a connection keeps between commands.
+#[derive(Debug, Default)]
+pub struct Client {
+    /// Set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
+    pub name: Option<Vec<u8>>,
+}
+
+const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
+const OVERFLOW: &str = "ERR increment or decrement would overflow";
+
+/// Run `requests` (each never empty) in order, appending their replies to
+/// `out`; stops after one that closes the connection. Consecutive `GET`s
+/// are one `get-many` (one read of the store instead of one per key,
+/// which is most of a `GET`'s cost on the embedded store); the replies are
+/// the same as one `GET` at a time, and if the batch fails (one key over
+/// the host's limit, say), each is run alone so that only the bad one gets
+/// an error.
+pub fn run_all(kv: &mut impl Kv, client: &mut Client, requests: &[Vec<Vec<u8>>], out: &mut Vec<u8>) -> After {
+    let is_get = |args: &Vec<Vec<u8>>| args.len() == 2 && args[0].eq_ignore_ascii_case(b"get");
+    let mut i = 0;
+    while i < requests.len() {
+        let gets = requests[i..].iter().take_while(|r| is_get(r)).count();
+        if gets > 1 {
+            let names: Vec<String> = requests[i..i + gets].iter().map(|r| keys::encode(&r[1])).collect();
+            if let Ok(values) = kv.get_many(&names) {
+                for v in values {
+                    match v {
+                        Some(v) => reply::bulk(out, &v),
+                        None => reply::nil(out),
+                    }
+                }
+                i += gets;
+                continue;
+            }
+        }
+        for args in &requests[i..i + gets.max(1)] {
+            if run(kv, client, args, out) == After::Close {
+                return After::Close;
+            }
+        }
+        i += gets.max(1);
+    }
+    After::Continue
+}
+
+/// Run the request `args` (never empty) and append its reply to `out`.
+pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Vec<u8>) -> After {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let argc = args.len();
+    // Arity as Redis's command table has it: exact (n) or at least (-n).
+    let arity: i32 = match name.as_str() {
+        "ping" => -1,
+        "echo" | "get" | "incr" | "decr" | "keys" | "select" | "auth" => 2,
+        "set" => -3,
+        "del" | "exists" | "mget" => -2,
+        "incrby" | "decrby" => 3,
+        "mset" => -3,
+        "dbsize" | "quit" => 1,
+        "command" | "info" | "hello" => -1,
+        "config" | "client" => -2,
+        _ => {
+            reply::error(out, &unknown_command(args));
+            return After::Continue;
+        }
+    };
+    let arity_ok = if arity >= 0 { argc == arity as usize } else { argc >= arity.unsigned_abs() as usize };
+    if !arity_ok || (name == "mset" && argc.is_multiple_of(2)) || (name == "ping" && argc > 2) {
+        reply::error(out, &format!("ERR wrong number of arguments for '{name}' command"));
+        return After::Continue;
+    }
+    let result = match name.as_str() {
+        "ping" => {
+            match args.get(1) {
+                Some(msg) => reply::bulk(out, msg),
+                None => reply::simple(out, "PONG"),
+            }
+            Ok(())
+        }
+        "echo" => {
+            reply::bulk(out, &args[1]);
+            Ok(())
+        }
+        "quit" => {
+            reply::simple(out, "OK");
+            return After::Close;
+        }
+        "get" => kv.get(&keys::encode(&args[1])).map(|v| match v {
+            Some(v) => reply::bulk(out, &v),
+            None => reply::nil(out),
+        }),
+        "set" => set(kv, args, out),
+        "del" => del(kv, &args[1..], out),
+        "exists" => {
+            let mut n = 0u64;
+            args[1..]
+                .iter()
+                .try_for_each(|k| kv.exists(&keys::encode(k)).map(|e| n += u64::from(e)))
+                .map(|()| reply::integer(out, n))
+        }
+        "incr" => add(kv, &args[1], Ok(1), out),
+        "decr" => add(kv, &args[1], Ok(-1), out),
+        "incrby" => add(kv, &args[1], parse_i64(&args[2]).ok_or(()), out),
+        "decrby" => add(kv, &args[1], parse_i64(&args[2]).ok_or(()).and_then(|n| n.checked_neg().ok_or(())), out),
+        "mget" => {
+            let names: Vec<String> = args[1..].iter().map(|k| keys::encode(k)).collect();
+            kv.get_many(&names).map(|values| {
+                reply::array(out, values.len());
+                for v in values {
+                    match v {
+                        Some(v) => reply::bulk(out, &v),
+                        None => reply::nil(out),
+                    }
+                }
+            })
+        }
+        "mset" => {
+            let pairs: Vec<(String, Vec<u8>)> =
+                args[1..].chunks(2).map(|kv| (keys::encode(&kv[0]), kv[1].clone())).collect();
+            kv.set_many(&pairs).map(|()| reply::simple(out, "OK"))
+        }
+        "dbsize" => all_keys(kv).map(|k| reply::integer(out, k.len())),
+        "keys" => all_keys(kv).map(|stored| {
+            let matched: Vec<Vec<u8>> =
+                stored.iter().map(|k| keys::decode(k)).filter(|k| keys::glob(&args[1], k)).collect();
+            reply::array(out, matched.len());
+            for k in &matched {
+                reply::bulk(out, k);
+            }
+        }),
+        "select" => {
+            match parse_i64(&args[1]) {
+                Some(0) => reply::simple(out, "OK"),
+                Some(_) => reply::error(out, "ERR DB index is out of range"),
+                None => reply::error(out, NOT_AN_INTEGER),
+            }
+            Ok(())
+        }
+        "auth" => {
+            reply::error(
+                out,
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            );
+            Ok(())
+        }
+        "command" => {
+            server::command(args, out);
+            Ok(())
+        }
+        "config" => {
+            server::config(args, out);
+            Ok(())
+        }
+        "client" => {
+            server::client(client, args, out);
+            Ok(())
+        }
+        "hello" => {
+            server::hello(client, args, out);
+            Ok(())
+        }
+        "info" => {
+            server::info(out);
+            Ok(())
+        }
+        _ => unreachable!("every name with an arity is handled"),
+    };
+    if let Err(e) = result {
+        reply::error(out, &format!("ERR store: {e}"));
+    }
+    After::Continue
+}
+
+/// Redis's text for a command it does not know: the name and the start of
+/// the arguments, each quoted, 128 bytes at most.
+fn unknown_command(args: &[Vec<u8>]) -> String {
+    let name = String::from_utf8_lossy(&args[0]);
+    let name: String = name.chars().take(128).collect();
+    let mut rest = String::new();
+    for arg in &args[1..] {
+        if rest.len() >= 128 {
+            break;
+        }
+        let arg = String::from_utf8_lossy(arg);
+        let room = 128 - rest.len();
+        let cut: String = arg.char_indices().take_while(|(i, c)| i + c.len_utf8() <= room).map(|(_, c)| c).collect();
+        rest.push_str(&format!("'{cut}' "));
+    }
+    format!("ERR unknown command '{name}', with args beginning with: {rest}")
+}
+
+/// `SET key value [NX|XX]`. NX and XX are an `exists` then a `set`: two
+/// calls, so not atomic against another connection's write in between.
+fn set(kv: &mut impl Kv, args: &[Vec<u8>], out: &mut Vec<u8>) -> Result<(), String> {
+    let (mut nx, mut xx) = (false, false);
+    for opt in &args[3..] {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"NX" if !xx => nx = true,
+            b"XX" if !nx => xx = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" | b"GET" => {
+                reply::error(
+                    out,
+                    "ERR SET options EX, PX, EXAT, PXAT, KEEPTTL and GET are not supported: keys do not expire here",
+                );
+                return Ok(());
+            }
+            _ => {
+                reply::error(out, "ERR syntax error");
+                return Ok(());
+            }
+        }
+    }
+    let key = keys::encode(&args[1]);
+    if (nx || xx) && kv.exists(&key)? == nx {
+        reply::nil(out);
+        return Ok(());
+    }
+    kv.set(&key, &args[2])?;
+    reply::simple(out, "OK");
+    Ok(())
+}
+
+/// `DEL key...`: the count is of the keys that `exists` found just before
+/// the delete (so a key another connection deletes in between may be
+/// counted twice, once by each).
+fn del(kv: &mut impl Kv, args: &[Vec<u8>], out: &mut Vec<u8>) -> Result<(), String> {
+    let mut found: Vec<String> = Vec::new();
+    for key in args {
+        let key = keys::encode(key);
+        if !found.contains(&key) && kv.exists(&key)? {
+            found.push(key);
+        }
+    }
+    if !found.is_empty() {
+        kv.delete_many(&found)?;
+    }
+    reply::integer(out, found.len());
+    Ok(())
+}
+
+/// `INCR`, `DECR`, `INCRBY`, `DECRBY`: `delta` is `Err` when the argument is
+/// not an integer. A non-negative delta on a missing key or a non-negative
+/// counter is one `atomics.increment` (atomic across connections and
+/// hosts); a negative delta or a negative value is a `get` then a `set`,
+/// which is not: the store's `increment` adds a `u64` to a counter of
+/// digits only.
+fn add(kv: &mut impl Kv, key: &[u8], delta: Result<i64, ()>, out: &mut Vec<u8>) -> Result<(), String> {
+    let Ok(delta) = delta else {
+        // DECRBY of i64::MIN is Redis's overflow, any other is not a number.
+        reply::error(out, NOT_AN_INTEGER);
+        return Ok(());
+    };
+    let key = keys::encode(key);
+    if delta >= 0 {
+        match kv.increment(&key, delta as u64) {
+            // The embedded store counts to 2^64-1, Redis to 2^63-1 (and a
+            // client cannot read a larger integer reply): put the value
+            // back and refuse, as Redis does. Not atomic: an increment by
+            // another connection in between is lost.
+            Ok(n) if n > i64::MAX as u64 => {
+                kv.set(&key, (n - delta as u64).to_string().as_bytes())?;
+                reply::error(out, OVERFLOW);
+                return Ok(());
+            }
+            Ok(n) => {
+                reply::integer(out, n);
+                return Ok(());
+            }
+            // The host's texts: "... is not a decimal counter" (a value
+            // of anything but digits, such as a negative number) and
+            // "... overflows".
+            Err(e) if e.contains("overflows") => {
+                reply::error(out, OVERFLOW);
+                return Ok(());
+            }
+            Err(e) if !e.contains("not a decimal counter") => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let current = match kv.get(&key)? {
+        None => 0,
+        Some(v) => match parse_i64(&v) {
+            Some(n) => n,
+            None => {
+                reply::error(out, NOT_AN_INTEGER);
+                return Ok(());
+            }
+        },
+    };
+    let Some(next) = current.checked_add(delta) else {
+        reply::error(out, OVERFLOW);
+        return Ok(());
+    };
+    kv.set(&key, next.to_string().as_bytes())?;
+    reply::integer(out, next);
+    Ok(())
+}
+
+/// Every key of the bucket, page by page (one store operation a page of
+/// up to 1,000 keys).
+fn all_keys(kv: &mut impl Kv) -> Result<Vec<String>, String> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = kv.list_keys(cursor)?;
+        all.extend(page);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(all),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// The host's semantics on a map: counters are digits only, up to u64.
+    #[derive(Default)]
+    pub(crate) struct MapKv(pub BTreeMap<String, Vec<u8>>);
+
+    impl Kv for MapKv {
+        fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn set(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
+            self.0.insert(key.into(), value.to_vec());
+            Ok(())
+        }
+        fn exists(&mut self, key: &str) -> Result<bool, String> {
+            Ok(self.0.contains_key(key))
+        }
+        fn delete_many(&mut self, keys: &[String]) -> Result<(), String> {
+            keys.iter().for_each(|k| drop(self.0.remove(k)));
+            Ok(())
+        }
+        fn increment(&mut self, key: &str, delta: u64) -> Result<u64, String> {
+            let now = match self.0.get(key) {
+                None => 0,
+                Some(v) if v.iter().all(u8::is_ascii_digit) && !v.is_empty() && (v[0] != b'0' || v.len() == 1) => {
+                    String::from_utf8_lossy(v).parse::<u64>().map_err(|_| format!("key {key:?} overflows"))?
+                }
+                Some(_) => return Err(format!("the value of key {key:?} is not a decimal counter")),
+            };
+            let next = now.checked_add(delta).ok_or_else(|| format!("incrementing key {key:?} overflows"))?;
+            self.0.insert(key.into(), next.to_string().into_bytes());
+            Ok(next)
+        }
+        fn get_many(&mut self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
+            Ok(keys.iter().map(|k| self.0.get(k).cloned()).collect())
+        }
+        fn set_many(&mut self, pairs: &[(String, Vec<u8>)]) -> Result<(), String> {
+            pairs.iter().for_each(|(k, v)| drop(self.0.insert(k.clone(), v.clone())));
+            Ok(())
+        }
+        fn list_keys(&mut self, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>), String> {
+            let start = cursor.unwrap_or(0) as usize;
+            let page: Vec<String> = self.0.keys().skip(start).take(2).cloned().collect();
+            let next = (start + page.len() < self.0.len()).then_some((start + page.len()) as u64);
+            Ok((page, next))
+        }
+    }
+
+    fn exchange(kv: &mut MapKv, line: &[&[u8]]) -> String {
+        let args: Vec<Vec<u8>> = line.iter().map(|a| a.to_vec()).collect();
+        let mut out = Vec::new();
+        run(kv, &mut Client::default(), &args, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn commands_answer_as_redis_does() {
+        let mut kv = MapKv::default();
+        let cases: &[(&[&[u8]], &str)] = &[
+            (&[b"PING"], "+PONG\r\n"),
+            (&[b"ping", b"hi"], "$2\r\nhi\r\n"),
+            (&[b"ping", b"a", b"b"], "-ERR wrong number of arguments for 'ping' command\r\n"),
+            (&[b"get", b"k"], "$-1\r\n"),
+            (&[b"set", b"k", b"v"], "+OK\r\n"),
+            (&[b"set", b"k", b"w", b"nx"], "$-1\r\n"),
+            (&[b"set", b"k2", b"w", b"xx"], "$-1\r\n"),
+            (&[b"set", b"k", b"w", b"xx"], "+OK\r\n"),
+            (&[b"set", b"k", b"w", b"nx", b"xx"], "-ERR syntax error\r\n"),
+            (&[b"get", b"k"], "$1\r\nw\r\n"),
+            (&[b"incr", b"k"], "-ERR value is not an integer or out of range\r\n"),
+            (&[b"incr", b"n"], ":1\r\n"),
+            (&[b"incrby", b"n", b"41"], ":42\r\n"),
+            (&[b"decr", b"n"], ":41\r\n"),
+            (&[b"decrby", b"n", b"50"], ":-9\r\n"),
+            (&[b"incr", b"n"], ":-8\r\n"),
+            (&[b"incrby", b"n", b"x"], "-ERR value is not an integer or out of range\r\n"),
+            (&[b"set", b"big", b"9223372036854775807"], "+OK\r\n"),
+            (&[b"set", b"small", b"-9223372036854775808"], "+OK\r\n"),
+            (&[b"decr", b"small"], "-ERR increment or decrement would overflow\r\n"),
+            (&[b"incr", b"big"], "-ERR increment or decrement would overflow\r\n"),
+            (&[b"get", b"big"], "$19\r\n9223372036854775807\r\n"),
+            (&[b"exists", b"k", b"k", b"nope"], ":2\r\n"),
+            (&[b"mset", b"a", b"1", b"b", b"2"], "+OK\r\n"),
+            (&[b"mset", b"a", b"1", b"b"], "-ERR wrong number of arguments for 'mset' command\r\n"),
+            (&[b"mget", b"a", b"x", b"b"], "*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n"),
+            (&[b"del", b"a", b"a", b"x"], ":1\r\n"),
+            (&[b"select", b"0"], "+OK\r\n"),
+            (&[b"select", b"1"], "-ERR DB index is out of range\r\n"),
+            (&[b"select", b"x"], "-ERR value is not an integer or out of range\r\n"),
+            (&[b"get"], "-ERR wrong number of arguments for 'get' command\r\n"),
+            (&[b"foo", b"a", b"b"], "-ERR unknown command 'foo', with args beginning with: 'a' 'b' \r\n"),
+            (&[b"config", b"get", b"save"], "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"),
+            (&[b"config", b"get", b"nothing"], "*0\r\n"),
+            (&[b"command", b"docs"], "*0\r\n"),
+            (&[b"command", b"count"], ":22\r\n"),
+            (&[b"hello", b"3"], "-NOPROTO unsupported protocol version\r\n"),
+            (
+                &[b"client", b"setname", b"a b"],
+                "-ERR Client names cannot contain spaces, newlines or special characters.\r\n",
+            ),
+            (&[b"client", b"list"], "-ERR unknown subcommand 'list'. Try CLIENT HELP.\r\n"),
+            (
+                &[b"config", b"set", b"save", b""],
+                "-ERR CONFIG SET, RESETSTAT and REWRITE are not supported by this server\r\n",
+            ),
+            (
+                &[b"auth", b"pw"],
+                "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+            ),
+            (&[b"quit"], "+OK\r\n"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(exchange(&mut kv, line), *want, "{line:?}");
+        }
+        assert_eq!(exchange(&mut kv, &[b"dbsize"]), ":5\r\n");
+        let mut client = Client::default();
+        let mut out = Vec::new();
+        for line in
+            [&[&b"CLIENT"[..], b"SETNAME", b"bench"][..], &[b"client", b"getname"], &[b"hello", b"2"], &[b"info"]]
+        {
+            let args: Vec<Vec<u8>> = line.iter().map(|a| a.to_vec()).collect();
+            run(&mut kv, &mut client, &args, &mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("+OK\r\n$5\r\nbench\r\n*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n"), "{text}");
+        assert!(text.contains("redis_version:7.0.15\r\n"), "{text}");
+        // A run of GETs is one batch, with the same replies.
+        let reqs: Vec<Vec<Vec<u8>>> =
+            [&b"k"[..], b"x", b"b", b"k"].iter().map(|k| vec![b"GET".to_vec(), k.to_vec()]).collect();
+        let mut out = Vec::new();
+        let mut batch = reqs.clone();
+        batch.insert(2, vec![b"PING".to_vec()]);
+        batch.push(vec![b"QUIT".to_vec()]);
+        batch.push(vec![b"PING".to_vec()]);
+        assert_eq!(run_all(&mut kv, &mut Client::default(), &batch, &mut out), After::Close);
+        assert_eq!(String::from_utf8(out).unwrap(), "$1\r\nw\r\n$-1\r\n+PONG\r\n$1\r\n2\r\n$1\r\nw\r\n+OK\r\n");
+        assert_eq!(exchange(&mut kv, &[b"keys", b"[bk]*"]), "*3\r\n$1\r\nb\r\n$3\r\nbig\r\n$1\r\nk\r\n");
+    }
+}
