@@ -220,6 +220,25 @@ impl Embedded {
         self.write(move |conn| update(conn, &b, &key, max_bucket, |_| Ok(value)).map(|()| 0)).await.map(drop)
     }
 
+    /// Every pair in one write: one commit for all of them, and the
+    /// writer's savepoint makes the batch all or nothing.
+    pub(super) async fn set_many(
+        &self,
+        b: &BucketId,
+        pairs: Vec<(String, Vec<u8>)>,
+        max_bucket: u64,
+    ) -> Result<(), Error> {
+        let b = b.clone();
+        self.write(move |conn| {
+            for (key, value) in pairs {
+                update(conn, &b, &key, max_bucket, |_| Ok(value))?;
+            }
+            Ok(0)
+        })
+        .await
+        .map(drop)
+    }
+
     pub(super) async fn increment(&self, b: &BucketId, key: &str, delta: u64, max_bucket: u64) -> Result<u64, Error> {
         let (b, key) = (b.clone(), key.to_string());
         self.write(move |conn| {
@@ -563,6 +582,23 @@ mod tests {
         let keys = vec!["k".to_string(), "k".to_string(), "none".to_string()];
         assert_eq!(s.get_many(&a, keys.clone(), 4).await.unwrap(), [Some(b"v1".to_vec()), Some(b"v1".to_vec()), None]);
         assert!(matches!(s.get_many(&a, keys, 3).await, Err(Error::Other(m)) if m.contains("bytes")));
+    }
+
+    /// `set-many` is one commit: a batch that would take the bucket over
+    /// its cap sets nothing, one that fits sets every key (the last of a
+    /// repeated key wins).
+    #[tokio::test]
+    async fn set_many_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Embedded::open(dir.path()).unwrap();
+        let a = bucket("svc", "default");
+        let pair = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
+        let over = vec![pair("a", "1"), pair("b", "2"), pair("c", "123456789")];
+        assert!(matches!(s.set_many(&a, over, 10).await, Err(Error::Other(m)) if m.contains("over its cap")));
+        assert_eq!(s.get(&a, "a").await.unwrap(), None, "nothing of a failed batch is kept");
+        s.set_many(&a, vec![pair("a", "1"), pair("b", "2"), pair("a", "3")], 10).await.unwrap();
+        let keys = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(s.get_many(&a, keys, 10).await.unwrap(), [Some(b"3".to_vec()), Some(b"2".to_vec())]);
     }
 
     /// While the writer is busy, writes queue and commit as one group; one

@@ -176,6 +176,24 @@ impl Store {
         }
     }
 
+    /// Set every key of `pairs`, in order. On the embedded store they
+    /// commit in one transaction, all or none (a batch that takes the
+    /// bucket over `max_bucket` sets nothing); on Redis one at a time, so an
+    /// error can leave the first ones set (`wasi:keyvalue/batch` allows
+    /// both).
+    pub async fn set_many(&self, b: &BucketId, pairs: Vec<(String, Vec<u8>)>, max_bucket: u64) -> Result<(), Error> {
+        match self {
+            Store::Embedded(s) => s.set_many(b, pairs, max_bucket).await,
+            Store::Redis(s) => {
+                for (k, v) in pairs {
+                    s.set(b, &k, &v, max_bucket).await?;
+                }
+                Ok(())
+            }
+            Store::Unavailable(why) => Err(Error::Other(format!("no key-value store: {why}"))),
+        }
+    }
+
     /// Delete `key`; nothing happens if it does not exist.
     pub async fn delete(&self, b: &BucketId, key: &str) -> Result<(), Error> {
         match self {

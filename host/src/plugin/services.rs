@@ -377,10 +377,7 @@ impl batch::Host for ServicesState {
                 self.value_ok(v)?;
             }
             let b = self.bucket(&bucket)?;
-            for (k, v) in key_values {
-                self.store().set(&b, &k, v, self.max_bucket()).await?;
-            }
-            Ok(())
+            self.store().set_many(&b, key_values, self.max_bucket()).await
         }
         .await;
         self.counted(result)

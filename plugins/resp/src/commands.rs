@@ -53,15 +53,19 @@ const OVERFLOW: &str = "ERR increment or decrement would overflow";
 /// Run `requests` (each never empty) in order, appending their replies to
 /// `out`; stops after one that closes the connection. Consecutive `GET`s
 /// are one `get-many` (one read of the store instead of one per key,
-/// which is most of a `GET`'s cost on the embedded store); the replies are
-/// the same as one `GET` at a time, and if the batch fails (one key over
-/// the host's limit, say), each is run alone so that only the bad one gets
-/// an error.
+/// which is most of a `GET`'s cost on the embedded store), and consecutive
+/// plain `SET key value`s one `set-many` (one commit instead of one per
+/// key). The replies are the same as one command at a time, and if a batch
+/// fails (one key over the host's limit, say), each is run alone so that
+/// only the bad one gets an error (a plain `SET` run again sets the same
+/// value: harmless where a failed batch kept some keys).
 pub fn run_all(kv: &mut impl Kv, client: &mut Client, requests: &[Vec<Vec<u8>>], out: &mut Vec<u8>) -> After {
     let is_get = |args: &Vec<Vec<u8>>| args.len() == 2 && args[0].eq_ignore_ascii_case(b"get");
+    let is_set = |args: &Vec<Vec<u8>>| args.len() == 3 && args[0].eq_ignore_ascii_case(b"set");
     let mut i = 0;
     while i < requests.len() {
         let gets = requests[i..].iter().take_while(|r| is_get(r)).count();
+        let sets = requests[i..].iter().take_while(|r| is_set(r)).count();
         if gets > 1 {
             let names: Vec<String> = requests[i..i + gets].iter().map(|r| keys::encode(&r[1])).collect();
             if let Ok(values) = kv.get_many(&names) {
@@ -74,13 +78,22 @@ pub fn run_all(kv: &mut impl Kv, client: &mut Client, requests: &[Vec<Vec<u8>>],
                 i += gets;
                 continue;
             }
+        } else if sets > 1 {
+            let pairs: Vec<(String, Vec<u8>)> =
+                requests[i..i + sets].iter().map(|r| (keys::encode(&r[1]), r[2].clone())).collect();
+            if kv.set_many(&pairs).is_ok() {
+                (0..sets).for_each(|_| reply::simple(out, "OK"));
+                i += sets;
+                continue;
+            }
         }
-        for args in &requests[i..i + gets.max(1)] {
+        let alone = gets.max(sets).max(1);
+        for args in &requests[i..i + alone] {
             if run(kv, client, args, out) == After::Close {
                 return After::Close;
             }
         }
-        i += gets.max(1);
+        i += alone;
     }
     After::Continue
 }
@@ -493,5 +506,18 @@ pub(crate) mod tests {
         assert_eq!(run_all(&mut kv, &mut Client::default(), &batch, &mut out), After::Close);
         assert_eq!(String::from_utf8(out).unwrap(), "$1\r\nw\r\n$-1\r\n+PONG\r\n$1\r\n2\r\n$1\r\nw\r\n+OK\r\n");
         assert_eq!(exchange(&mut kv, &[b"keys", b"[bk]*"]), "*3\r\n$1\r\nb\r\n$3\r\nbig\r\n$1\r\nk\r\n");
+        // So is a run of plain SETs (a SET with options runs alone), in
+        // order: the last value of a repeated key wins.
+        let set = |k: &[u8], v: &[u8]| vec![b"SET".to_vec(), k.to_vec(), v.to_vec()];
+        let batch = vec![
+            set(b"s1", b"a"),
+            set(b"s2", b"b"),
+            set(b"s1", b"c"),
+            [set(b"s3", b"d"), vec![b"NX".to_vec()]].concat(),
+        ];
+        let mut out = Vec::new();
+        assert_eq!(run_all(&mut kv, &mut Client::default(), &batch, &mut out), After::Continue);
+        assert_eq!(String::from_utf8(out).unwrap(), "+OK\r\n+OK\r\n+OK\r\n+OK\r\n");
+        assert_eq!(exchange(&mut kv, &[b"mget", b"s1", b"s2", b"s3"]), "*3\r\n$1\r\nc\r\n$1\r\nb\r\n$1\r\nd\r\n");
     }
 }
