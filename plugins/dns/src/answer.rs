@@ -129,7 +129,8 @@ impl Lookup<'_> {
         let name = self.q.name();
         let starts = self.q.starts();
         // Labels strictly below the apex, from just below it to the name.
-        let below: &[u8] = &starts[..starts.iter().position(|&s| usize::from(s) == self.apex_at).unwrap_or(starts.len())];
+        let below: &[u8] =
+            &starts[..starts.iter().position(|&s| usize::from(s) == self.apex_at).unwrap_or(starts.len())];
         if self.zone.has_cuts {
             for &s in below.iter().rev() {
                 let s = usize::from(s);
