@@ -119,8 +119,9 @@ struct Lookup<'a> {
 enum Owner {
     /// A compression pointer to this offset.
     At(usize),
-    /// Written out, with its length (a name past the reach of a pointer).
-    Name([u8; query::MAX_NAME], u8),
+    /// A copy of the uncompressed name at this offset, of this length (a
+    /// name past the reach of a pointer).
+    Copy(usize, usize),
 }
 
 impl Lookup<'_> {
@@ -163,11 +164,10 @@ impl Lookup<'_> {
     fn answer_node(&mut self, w: &mut Writer, node: &Node, owner: Owner, name: &[u8], chain: usize) -> u16 {
         let qtype = self.q.qtype;
         if qtype == TYPE_ANY && !node.sets.is_empty() {
-            for set in &node.sets {
-                if !w.records(set, owner, Section::Answer, None) {
-                    break;
-                }
-            }
+            // RFC 8482: one record set, not all (as NSD does): the SOA at
+            // the apex, else the first by type.
+            let set = node.set(zone::TYPE_SOA).unwrap_or(&node.sets[0]);
+            w.records(set, owner, Section::Answer, None);
             return rcode::NOERROR;
         }
         let mut targets = Targets::default();
@@ -282,16 +282,9 @@ fn wildcard<'b>(encloser: &[u8], buf: &'b mut [u8; query::MAX_NAME + 2]) -> &'b 
 }
 
 /// A pointer to the name at `at` when a pointer can reach it (offsets below
-/// 0x4000), else a copy of the name.
+/// 0x4000), else a copy of it.
 fn owner_at(at: usize, buf: &[u8]) -> Owner {
-    if at < 0x4000 {
-        Owner::At(at)
-    } else {
-        let len = name_len(&buf[at..]).min(query::MAX_NAME);
-        let mut name = [0u8; query::MAX_NAME];
-        name[..len].copy_from_slice(&buf[at..at + len]);
-        Owner::Name(name, len as u8)
-    }
+    if at < 0x4000 { Owner::At(at) } else { Owner::Copy(at, name_len(&buf[at..])) }
 }
 
 /// The length of an uncompressed wire name at the start of `bytes`.
@@ -366,7 +359,7 @@ impl Writer {
         for record in set.records() {
             match owner {
                 Owner::At(at) => self.buf.extend_from_slice(&(0xC000 | at as u16).to_be_bytes()),
-                Owner::Name(name, len) => self.buf.extend_from_slice(&name[..usize::from(len)]),
+                Owner::Copy(at, len) => self.buf.extend_from_within(at..at + len),
             }
             let rdata_at = self.buf.len() + 10;
             self.buf.extend_from_slice(record);

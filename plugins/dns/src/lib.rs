@@ -37,6 +37,7 @@ mod bindings {
 
 use bindings::sockets::plugin::types::{Request, Transport};
 use bindings::wasi::config::store as config;
+use bindings::wasi::logging::logging;
 
 /// The zones, parsed once per instance image.
 static ZONES: OnceLock<Result<Zones, String>> = OnceLock::new();
@@ -69,8 +70,10 @@ impl bindings::Guest for Dns {
 
     fn wizer_initialize() {
         if let Err(e) = zones() {
-            // The only way `func()` can fail: the host reports the trap and
-            // does not serve a plugin whose zones are wrong.
+            // One log line with the message, then a trap: the only way a
+            // `func()` can fail. The host does not serve a plugin whose
+            // zones are wrong, and keeps the version it had on a reload.
+            logging::log(logging::Level::Error, "dns", e);
             panic!("{e}");
         }
     }

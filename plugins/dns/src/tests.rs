@@ -159,3 +159,30 @@ fn the_origin_may_come_from_the_soa_owner() {
     let (m, _) = ask(&z, "www.example.net.", RecordType::A, None, false);
     assert_eq!(m.answers.len(), 1);
 }
+
+#[test]
+fn any_gets_one_record_set() {
+    let z = zones();
+    let (m, _) = ask(&z, "example.com.", RecordType::ANY, None, false);
+    assert_eq!(m.answers.iter().map(|r| r.record_type()).collect::<Vec<_>>(), [RecordType::SOA]);
+    let (m, _) = ask(&z, "web.example.com.", RecordType::ANY, None, true);
+    assert_eq!(m.answers.len(), 2);
+}
+
+#[test]
+fn a_huge_answer_over_tcp_is_whole_with_glue_for_the_first_targets() {
+    let mut text = String::from("$ORIGIN example.com.\n@ 60 IN SOA ns hm 1 2 3 4 5\n");
+    for i in 0..1000 {
+        text.push_str(&format!("@ 60 IN MX {i} m{i}\nm{i} 60 IN A 192.0.2.{}\n", i % 250));
+    }
+    let z = Zones::parse([("zone", text.as_str())]).unwrap();
+    let (m, len) = ask(&z, "example.com.", RecordType::MX, None, true);
+    assert!(len > 0x4000 && m.answers.len() == 1000, "{len} bytes");
+    // Additional data is bounded: the addresses of the first 16 targets.
+    assert_eq!(m.additionals.len(), 16);
+    for glue in &m.additionals {
+        let RData::A(a) = &glue.data else { panic!("{glue:?}") };
+        let i: usize = glue.name.to_ascii()[1..].split('.').next().unwrap().parse().unwrap();
+        assert_eq!(usize::from(a.0.octets()[3]), i % 250);
+    }
+}
