@@ -331,20 +331,26 @@ fn random_bytes_get_formerr_or_silence_and_the_host_keeps_serving() {
 fn a_zone_that_does_not_parse_is_reported_with_its_line() {
     let p = plugin("dns");
     let zone = "$ORIGIN example.com.\n@ 3600 IN SOA ns hm 1 2 3 4 5\nwww 3600 IN A 1.2.3\n";
-    let host = Host::start(&[
-        "--plugin",
-        p.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--framing",
-        "u16",
-        "--var",
-        &format!("zone={zone}"),
-    ]);
-    host.assert_no_udp_reply(&query(1, "example.com", 6, None), &["plugin_errors", "traps"]);
+    let var = format!("zone={zone}");
+    let args = ["--plugin", p.to_str().unwrap(), "--listen", "127.0.0.1:0", "--framing", "u16", "--var", &var];
+    let mut host = Host::spawn_with(&args, &[], |_| {});
+    // A host that runs `wizer-initialize` at load refuses the plugin; one
+    // that does not serves it, and every query fails with the message.
     assert!(
-        host.logs.wait_for("zone: line 3 (`www 3600 IN A 1.2.3`)", 1, REPLY_TIMEOUT) >= 1,
-        "{:?}",
+        eventually(START_TIMEOUT, || !host.is_running() || host.logs.count("ready: serving") > 0),
+        "neither served nor exited: {:?}",
         host.logs.lines()
     );
+    match host.logs.count("ready: serving") {
+        0 => {
+            let status = host.wait(REPLY_TIMEOUT).expect("exited");
+            assert_eq!(status.code(), Some(2), "{:?}", host.logs.lines());
+        }
+        _ => {
+            host.wait_ready();
+            host.assert_no_udp_reply(&query(1, "example.com", 6, None), &["plugin_errors", "traps"]);
+        }
+    }
+    let needle = "zone: line 3 (`www 3600 IN A 1.2.3`): network address parse error";
+    assert!(host.logs.wait_for(needle, 1, REPLY_TIMEOUT) >= 1, "{:?}", host.logs.lines());
 }
