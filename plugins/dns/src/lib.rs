@@ -19,6 +19,7 @@
 
 pub mod answer;
 pub mod query;
+pub mod reply;
 pub mod zone;
 
 use std::sync::OnceLock;

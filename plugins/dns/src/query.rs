@@ -77,7 +77,8 @@ pub fn opcode(flags: u16) -> u16 {
 }
 
 const QR: u16 = 0x8000;
-const TYPE_OPT: u16 = 41;
+/// The OPT pseudo-record type (EDNS).
+pub const TYPE_OPT: u16 = 41;
 
 /// Read a query. Anything malformed is `FormErr` once the header is
 /// readable.
