@@ -10,6 +10,7 @@ mod clients;
 mod connection;
 mod core;
 mod deploy;
+mod dns;
 mod hardening;
 mod http;
 mod isolation;
