@@ -144,6 +144,8 @@ fn the_destructor_runs_however_the_connection_ends() {
     let peer = s.local_addr().unwrap();
     s.write_all(b"hello\nquit\nnever read\n").unwrap();
     assert_eq!(read_to_close(&mut s), b"hello\nbye\n");
+    // The host lingers until the peer closes too (or 2 s).
+    drop(s);
     assert!(dropped(&host, peer), "plugin close");
 
     // The peer half-closes: `on-end`'s bytes are still delivered.
@@ -633,4 +635,28 @@ fn a_connection_that_finds_no_instance_is_closed_and_counted() {
     assert!(closed, "the waiting connection was not closed");
     assert_eq!(host.wait_stat("requests_dropped", 1), 1);
     assert!(host.logs.count("no plugin instance free within") >= 1);
+}
+
+/// A plugin that answers and closes before it has read the whole request
+/// (HTTP 413 for a body over the limit) gets its answer to the peer: the
+/// host closes its side and reads what the peer still sends, instead of
+/// dropping a socket with unread input, which the kernel answers with a
+/// reset that can destroy the answer in flight.
+#[test]
+fn an_answer_sent_before_the_request_ends_is_not_lost_to_a_reset() {
+    let p = plugin("http-rs");
+    let host = Host::start(&["--plugin", p.to_str().unwrap(), "--tcp", "127.0.0.1:0"]);
+    let body = vec![b'x'; 3_000_000];
+    for _ in 0..3 {
+        let mut s = tcp_connect(host.tcp());
+        let head = format!("PUT /kv/big HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len());
+        // The whole request first, as a client that does not wait for
+        // `100 Continue` does; the plugin answers 413 after the head.
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).expect("the answer, then end of stream, not a reset");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 413 ") && text.contains("Connection: close\r\n"), "{text}");
+    }
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -16,6 +16,9 @@ use super::{ConnError, OUTPUT_HIGH_WATER};
 
 /// Bytes reserved per read. Larger frames reserve their full length.
 const READ_CHUNK: usize = 8 << 10;
+/// How long [`FramedConn::linger`] reads what the peer still sends after
+/// the host has closed its side.
+pub(super) const LINGER: Duration = Duration::from_secs(2);
 
 /// One connection's socket, read buffer, decoder and pending output.
 pub(super) struct FramedConn {
@@ -120,6 +123,31 @@ impl FramedConn {
         self.out = out;
         self.out.clear();
         Ok(())
+    }
+
+    /// Close as a server that answers before it has read the whole request
+    /// must (RFC 9112 section 9.6; nginx's lingering close): send FIN, then
+    /// read and discard what the peer still sends until it closes too, or
+    /// for [`LINGER`] at most. Dropping a socket with unread input makes the
+    /// kernel send a reset, and a reset can destroy the reply still in
+    /// flight: a client uploading a body the plugin refused (HTTP 413)
+    /// would see "connection reset" instead of the answer.
+    pub(super) async fn linger(&mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        self.buf.clear();
+        self.buf.reserve(READ_CHUNK);
+        let _ = timeout(LINGER, async {
+            loop {
+                self.buf.clear();
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
     }
 
     /// Write `bytes`; a peer that takes none of them for the idle timeout

@@ -18,6 +18,9 @@ pub(super) struct SessionLoop {
     local: SocketAddr,
     ctx: Arc<ListenerContext>,
     shutdown: CancellationToken,
+    /// The plugin asked to close: the host's side closes first, so the
+    /// socket lingers ([`FramedConn::linger`]).
+    closed_by_plugin: bool,
 }
 
 impl SessionLoop {
@@ -28,7 +31,7 @@ impl SessionLoop {
         ctx: &Arc<ListenerContext>,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { conn, peer, local, ctx: ctx.clone(), shutdown }
+        Self { conn, peer, local, ctx: ctx.clone(), shutdown, closed_by_plugin: false }
     }
 
     /// Open the session, serve the connection, and drop the session (its
@@ -53,6 +56,15 @@ impl SessionLoop {
         self.conn.extend_deadline();
         let result = self.serve(&mut session).await;
         session.close().await;
+        // After the instance is back in the pool: a lingering socket holds
+        // a connection slot for at most LINGER, never an instance.
+        if result.is_ok() && self.closed_by_plugin {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {}
+                _ = self.conn.linger() => {}
+            }
+        }
         result
     }
 
@@ -108,6 +120,7 @@ impl SessionLoop {
                 }
                 if close {
                     self.conn.flush().await?;
+                    self.closed_by_plugin = true;
                 }
                 Ok(close)
             }
