@@ -54,7 +54,7 @@ pub const HOST_KEYS: &[&str] = &[
 const NOT_KEYS: &[&str] = &["config", "help", "version"];
 
 /// Plural spellings a file may use for a repeatable flag.
-const ALIASES: &[(&str, &str)] = &[("kv-buckets", "kv-bucket"), ("vars", "var")];
+const ALIASES: &[(&str, &str)] = &[("kv-buckets", "kv-bucket"), ("vars", "var"), ("var-files", "var-file")];
 
 /// What a services file describes: one [`Config`] per service, each with
 /// the host-wide settings filled in.
@@ -303,6 +303,13 @@ fn push_flag(
             for (k, v) in vars {
                 args.push((flag.clone(), span.clone()));
                 args.push((format!("{k}={}", scalar(v)?), span.clone()));
+            }
+        }
+        // Paths relative to the services file, like `plugin`.
+        Value::Table(files) if key == "var-file" => {
+            for (k, v) in files {
+                args.push((flag.clone(), span.clone()));
+                args.push((format!("{k}={}", dir.join(scalar(v)?).display()), span.clone()));
             }
         }
         v => {

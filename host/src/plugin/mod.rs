@@ -14,6 +14,7 @@ pub mod cache;
 pub mod connection;
 pub mod engine;
 pub mod history;
+pub mod init;
 pub mod loader;
 mod output;
 pub mod services;
@@ -45,10 +46,15 @@ pub const MAX_LOG_MESSAGE: usize = 4 << 10;
 pub struct PluginInfo {
     /// File stem, e.g. `echo` for `echo.wasm`.
     pub name: String,
-    /// First 12 hex digits of the file's sha256: the version shown in logs.
+    /// First 12 hex digits of [`Self::identity`]: the version shown in
+    /// logs.
     pub version: String,
     /// The file's whole sha256, in hex.
     pub sha256: String,
+    /// What makes the version, in hex: the file's sha256, or with
+    /// `--var-file`s, a sha256 of it and their values
+    /// ([`loader::PluginFile::identity`]).
+    pub identity: String,
     /// Where it was loaded from.
     pub path: PathBuf,
     /// Lines the plugin writes: its `log` calls, stdout and stderr.
@@ -66,9 +72,9 @@ pub struct PluginInfo {
 /// chooses. The notes about dropped output have their own limiter, so they
 /// are still seen when the plugin's own lines are being cut.
 impl PluginInfo {
-    fn new(name: String, sha256: String, path: PathBuf) -> Self {
-        let version = sha256[..12].to_string();
-        Self { name, version, sha256, path, lines: Limiter::new(), notes: Limiter::new() }
+    fn new(name: String, sha256: String, identity: String, path: PathBuf) -> Self {
+        let version = identity[..12].to_string();
+        Self { name, version, sha256, identity, path, lines: Limiter::new(), notes: Limiter::new() }
     }
 
     /// Log one line written by the plugin, if its rate limit allows:
