@@ -11,6 +11,7 @@ mod connection;
 mod core;
 mod deploy;
 mod hardening;
+mod init;
 mod isolation;
 mod languages;
 mod ops;
