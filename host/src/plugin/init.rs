@@ -40,7 +40,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::admission::Admission;
-use super::{CallLimits, HostState, PluginInfo, describe_trap, one_line, services::Services};
+use super::{CallLimits, HostState, PluginInfo, describe_trap, hex, one_line, services::Services};
 
 /// The export the host runs at load, as `wasmtime wizer` names it.
 pub const INIT_EXPORT: &str = "wizer-initialize";
@@ -89,12 +89,20 @@ pub(crate) struct Init {
     pub max_memory: usize,
     /// Whether the engine meters fuel (`--fuel`).
     pub fuel: bool,
+    /// Where the compiled instrumented component is kept.
+    pub cache: Option<super::cache::CompileCache>,
 }
 
-/// The snapshot, and how long the step took.
+/// The snapshot, and how long each part of the step took.
 pub(crate) struct Snapshot {
     pub wasm: Vec<u8>,
-    pub took: Duration,
+    /// Instrumenting the component and compiling it (or taking it from
+    /// the compile cache).
+    pub prepare: Duration,
+    /// Instantiating it and running `wizer-initialize`.
+    pub init: Duration,
+    /// Reading the state and writing the new component.
+    pub snapshot: Duration,
 }
 
 impl Init {
@@ -102,18 +110,16 @@ impl Init {
     /// line without the plugin's path (the caller adds it).
     pub async fn run(self, wasm: Arc<Vec<u8>>) -> Result<Snapshot, String> {
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            runtime.block_on(self.run_blocking(&wasm)).map(|wasm| Snapshot { wasm, took: started.elapsed() })
-        })
-        .await
-        .map_err(|e| match e.try_into_panic() {
-            Ok(panic) => format!("{INIT_EXPORT}: the snapshot failed: {}", panic_message(&panic)),
-            Err(e) => format!("{INIT_EXPORT}: {e}"),
+        tokio::task::spawn_blocking(move || runtime.block_on(self.run_blocking(&wasm))).await.map_err(|e| {
+            match e.try_into_panic() {
+                Ok(panic) => format!("{INIT_EXPORT}: the snapshot failed: {}", panic_message(&panic)),
+                Err(e) => format!("{INIT_EXPORT}: {e}"),
+            }
         })?
     }
 
-    async fn run_blocking(self, wasm: &[u8]) -> Result<Vec<u8>, String> {
+    async fn run_blocking(self, wasm: &[u8]) -> Result<Snapshot, String> {
+        let started = Instant::now();
         let mut wizer = Wizer::new();
         // Without this, wizer 48.0.8 removes the core module's export
         // `wizer-initialize` but keeps the component's lift of it: the
@@ -124,8 +130,22 @@ impl Init {
         let (cx, instrumented) = wizer
             .instrument_component(wasm)
             .map_err(|e| format!("{INIT_EXPORT}: this component cannot be snapshotted: {}", one_line(&e)))?;
-        let component = Component::new(&self.engine, &instrumented)
-            .map_err(|e| format!("{INIT_EXPORT}: cannot compile the instrumented component: {}", one_line(&e)))?;
+        // Instrumenting is deterministic: a restart takes the compiled
+        // code from the cache.
+        let digest = hex(&sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&instrumented)));
+        let component = match self.cache.as_ref().and_then(|c| c.get(&self.engine, &digest)) {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&self.engine, &instrumented).map_err(|e| {
+                    format!("{INIT_EXPORT}: cannot compile the instrumented component: {}", one_line(&e))
+                })?;
+                if let Some(cache) = &self.cache {
+                    cache.put(&digest, &component);
+                }
+                component
+            }
+        };
+        let prepared = Instant::now();
         let not_a_func = || format!("{INIT_EXPORT} is not a function [] -> []");
         let index = match component.get_export(None, INIT_EXPORT) {
             Some((ComponentItem::ComponentFunc(ty), index)) if ty.params().len() == 0 && ty.results().len() == 0 => {
@@ -177,6 +197,7 @@ impl Init {
                 return Err(format!("{INIT_EXPORT} did not finish within {}", humantime::format_duration(timeout)));
             }
         };
+        let initialised = Instant::now();
         if let Some(open) = store.data().open_resources() {
             return Err(format!(
                 "{INIT_EXPORT} left {open} open: the handle would name nothing in the instances made from the \
@@ -190,7 +211,13 @@ impl Init {
         if let Some(error) = access.error {
             return Err(format!("{INIT_EXPORT}: cannot read the initialised state: {error}"));
         }
-        snapshot.map_err(|e| format!("{INIT_EXPORT}: the snapshot failed: {}", one_line(&e)))
+        let wasm = snapshot.map_err(|e| format!("{INIT_EXPORT}: the snapshot failed: {}", one_line(&e)))?;
+        Ok(Snapshot {
+            wasm,
+            prepare: prepared - started,
+            init: initialised - prepared,
+            snapshot: initialised.elapsed(),
+        })
     }
 }
 

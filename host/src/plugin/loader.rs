@@ -203,15 +203,20 @@ impl Loader {
                     timeout: self.init_timeout,
                     max_memory: limits.max_memory,
                     fuel: limits.fuel.is_some(),
+                    cache: self.cache.clone(),
                 };
                 let snapshot =
                     init.run(bytes.clone()).await.map_err(|message| LoadError::Init { path: p(), message })?;
                 tracing::info!(
-                    "ran {} of plugin {} version {} in {:.1?}: snapshot of {:.2} MB (was {:.2} MB)",
+                    "ran {} of plugin {} version {} in {:.1?} (instrument and compile {:.1?}, init {:.1?}, \
+                     snapshot {:.1?}): snapshot of {:.2} MB (was {:.2} MB)",
                     init::INIT_EXPORT,
                     info.name,
                     info.version,
-                    snapshot.took,
+                    snapshot.prepare + snapshot.init + snapshot.snapshot,
+                    snapshot.prepare,
+                    snapshot.init,
+                    snapshot.snapshot,
                     snapshot.wasm.len() as f64 / 1e6,
                     bytes.len() as f64 / 1e6,
                 );
