@@ -107,12 +107,18 @@ fn a_changed_plugin_file_is_initialised_again() {
 }
 
 #[test]
-fn a_trapping_or_endless_init_stops_the_start_in_one_line() {
+fn a_trapping_endless_or_too_big_init_stops_the_start_in_one_line() {
     let probe = probe();
     let trapped = start_error(&["--var", "mode=trap"]);
     assert!(trapped.starts_with(&format!("error: plugin {probe}: wizer-initialize trapped: wasm trap: ")), "{trapped}");
     let endless = start_error(&["--var", "mode=loop", "--init-timeout", "300ms"]);
     assert_eq!(endless, format!("error: plugin {probe}: wizer-initialize did not finish within 300ms"));
+    // --max-memory holds for the init as for requests.
+    let big = start_error(&["--var", "size=20000000", "--max-memory", "8MiB"]);
+    assert!(
+        big.starts_with(&format!("error: plugin {probe}: wizer-initialize trapped: forcing trap when growing memory")),
+        "{big}"
+    );
 }
 
 #[test]

@@ -177,8 +177,9 @@ impl Init {
             Some(Trap::Interrupt) => {
                 format!("{INIT_EXPORT} did not finish within {}", humantime::format_duration(timeout))
             }
-            Some(_) => format!("{INIT_EXPORT} trapped: {}", describe_trap(&e)),
-            None => format!("{INIT_EXPORT} failed: {}", one_line(&e)),
+            // A trap, or an error of the same kind from the host (the
+            // memory cap): as requests' are described.
+            _ => format!("{INIT_EXPORT} trapped: {}", describe_trap(&e)),
         };
         // The epoch deadline stops guest code; the timer also stops an init
         // blocked in a host call (a WASI sleep).
