@@ -8,10 +8,10 @@ use std::time::Duration;
 use crate::support::*;
 
 const WITHIN: Duration = Duration::from_secs(20);
-const RAN: &str = "ran wizer-initialize of plugin init_probe";
+const RAN: &str = "ran wizer-initialize of plugin init-probe";
 
 fn probe() -> String {
-    plugin("init_probe").display().to_string()
+    plugin("init-probe").display().to_string()
 }
 
 fn reply(host: &Host) -> String {
@@ -92,8 +92,8 @@ fn a_var_file_reaches_the_init_and_sighup_makes_a_new_version_of_a_changed_one()
 #[test]
 fn a_changed_plugin_file_is_initialised_again() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("init_probe.wasm");
-    let bytes = std::fs::read(plugin("init_probe")).unwrap();
+    let path = dir.path().join("init-probe.wasm");
+    let bytes = std::fs::read(plugin("init-probe")).unwrap();
     std::fs::write(&path, &bytes).unwrap();
     let p = path.display().to_string();
     let host = Host::start(&["--plugin", &p, "--udp", "127.0.0.1:0", "--var", "text=v"]);

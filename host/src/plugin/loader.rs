@@ -160,8 +160,9 @@ impl Loader {
     /// Read `path` and the `--var-file`s: what a load of it would use.
     pub async fn read(&self, path: &Path) -> Result<PluginFile, LoadError> {
         let mut file = PluginFile::read(path).await.map_err(|cause| LoadError::Read { path: path.into(), cause })?;
-        file.var_files =
-            read_var_files(self.services.var_files.clone()).await.map_err(|message| LoadError::VarFile { message })?;
+        file.var_files = super::vars::read_files(self.services.var_files.clone())
+            .await
+            .map_err(|message| LoadError::VarFile { message })?;
         Ok(file)
     }
 
@@ -184,7 +185,10 @@ impl Loader {
         let services = if var_files.is_empty() {
             self.services.clone()
         } else {
-            Arc::new(Services { vars: with_files(&self.services.vars, var_files), ..(*self.services).clone() })
+            Arc::new(Services {
+                vars: super::vars::with_files(&self.services.vars, var_files),
+                ..(*self.services).clone()
+            })
         };
         let bytes = Arc::new(bytes);
 
@@ -329,9 +333,6 @@ pub struct PluginFile {
     pub var_files: Vec<(String, String)>,
 }
 
-/// Largest `--var-file`, in bytes.
-pub const MAX_VAR_FILE: u64 = 1 << 20;
-
 impl PluginFile {
     /// Read and hash `path` on a blocking thread: hashing a Python or
     /// JavaScript plugin (12-18 MB) takes milliseconds that must not be
@@ -364,43 +365,4 @@ impl PluginFile {
         }
         hex(&h.finalize())
     }
-}
-
-/// Read every `--var-file` on a blocking thread: at most [`MAX_VAR_FILE`]
-/// bytes of UTF-8 text each. The error names the flag, the key and the
-/// file.
-async fn read_var_files(files: Vec<(String, PathBuf)>) -> Result<Vec<(String, String)>, String> {
-    if files.is_empty() {
-        return Ok(Vec::new());
-    }
-    tokio::task::spawn_blocking(move || {
-        files
-            .into_iter()
-            .map(|(key, path)| {
-                let what = format!("--var-file {key}={}", path.display());
-                read_var_file(&path).map(|text| (key, text)).map_err(|e| format!("{what}: {e}"))
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-fn read_var_file(path: &Path) -> Result<String, String> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_VAR_FILE + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_VAR_FILE {
-        return Err(format!("over the {} limit of a variable's file", bytesize::ByteSize(MAX_VAR_FILE)));
-    }
-    String::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
-}
-
-/// `vars` (sorted, one value per name) with the values read from files.
-fn with_files(vars: &[(String, String)], files: Vec<(String, String)>) -> Vec<(String, String)> {
-    let mut all: std::collections::BTreeMap<String, String> = vars.iter().cloned().collect();
-    all.extend(files);
-    all.into_iter().collect()
 }

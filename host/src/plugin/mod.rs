@@ -19,6 +19,7 @@ pub mod loader;
 mod output;
 pub mod services;
 mod state;
+pub mod vars;
 
 use std::path::PathBuf;
 use std::sync::Arc;
