@@ -50,17 +50,23 @@ pub const DEFAULT_INIT_TIMEOUT: &str = "10s";
 
 /// Whether `wasm`, a component, exports a top-level `wizer-initialize`.
 /// `Err` if it exports something of that name that is not a function.
-/// Reads the export sections only: no compilation.
-pub fn has_init_export(wasm: &[u8]) -> Result<bool, String> {
-    use wasmparser::{ComponentExternalKind, Parser, Payload};
-    let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(wasm) {
+/// Reads the top level only, skipping the nested modules and components
+/// (most of a Python or JavaScript plugin's 12-18 MB): no compilation.
+pub fn has_init_export(mut wasm: &[u8]) -> Result<bool, String> {
+    use wasmparser::{Chunk, ComponentExternalKind, Parser, Payload};
+    let mut parser = Parser::new(0);
+    loop {
         // An invalid component is reported by the compile that follows.
-        let Ok(payload) = payload else { return Ok(false) };
+        let Ok(Chunk::Parsed { consumed, payload }) = parser.parse(wasm, true) else { return Ok(false) };
+        wasm = &wasm[consumed..];
         match payload {
-            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentExportSection(exports) if depth == 0 => {
+            // The outer parser goes on after the nested one's bytes.
+            Payload::ModuleSection { unchecked_range: range, .. }
+            | Payload::ComponentSection { unchecked_range: range, .. } => {
+                let Some(rest) = wasm.get(range.len()..) else { return Ok(false) };
+                wasm = rest;
+            }
+            Payload::ComponentExportSection(exports) => {
                 for export in exports.into_iter().flatten() {
                     if export.name.name == INIT_EXPORT {
                         return match export.kind {
@@ -70,10 +76,10 @@ pub fn has_init_export(wasm: &[u8]) -> Result<bool, String> {
                     }
                 }
             }
+            Payload::End(_) => return Ok(false),
             _ => {}
         }
     }
-    Ok(false)
 }
 
 /// What the init step needs from the loader.
