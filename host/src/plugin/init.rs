@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Instance, Lift, Linker, WasmList, types::ComponentItem};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::admission::Admission;
@@ -164,16 +164,7 @@ impl Init {
 
         let mut state = HostState::new(self.info.clone(), self.max_memory, self.services.clone());
         state.services.refuse_keyvalue();
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|mut cx| {
-            let state = cx.data_mut();
-            if state.ticks_left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            state.ticks_left -= 1;
-            Ok(UpdateDeadline::Yield(1))
-        });
+        let mut store = super::new_store(&self.engine, state);
         let limits =
             CallLimits { timeout: self.timeout, max_memory: self.max_memory, fuel: self.fuel.then_some(u64::MAX) };
         super::arm(&mut store, &limits).map_err(|e| e.to_string())?;
@@ -286,12 +277,14 @@ impl ComponentInstanceState for Access<'_> {
     }
 }
 
+/// A panic's message, on one line.
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
+    let text = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
+        .unwrap_or_else(|| "a panic".into());
+    one_line(&text)
 }
 
 #[cfg(test)]

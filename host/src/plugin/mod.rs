@@ -240,20 +240,8 @@ impl Plugin {
     /// Create a sandboxed instance in the room `permit` holds.
     pub async fn instantiate_admitted(&self, permit: Permit, limits: &CallLimits) -> Result<Instance, CallError> {
         let Permit(permit) = permit;
-        let mut store =
-            Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory, self.services.clone()));
-        store.limiter(|s| &mut s.limits);
-        // At every epoch tick: trap once the call's tick budget (set per
-        // call) is spent; until then yield to the scheduler, so that a busy
-        // plugin does not starve the other requests on its thread.
-        store.epoch_deadline_callback(|mut cx| {
-            let state = cx.data_mut();
-            if state.ticks_left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            state.ticks_left -= 1;
-            Ok(UpdateDeadline::Yield(1))
-        });
+        let state = HostState::new(self.info.clone(), limits.max_memory, self.services.clone());
+        let mut store = new_store(self.pre.engine(), state);
         arm(&mut store, limits)?;
         let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             if e.downcast_ref::<Trap>().is_some() {
@@ -338,6 +326,25 @@ impl Instance {
         }
         Ok(())
     }
+}
+
+/// A store for `state`, held to its memory cap, and interrupted once the
+/// budget [`arm`] gives it is spent.
+fn new_store(engine: &wasmtime::Engine, state: HostState) -> Store<HostState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    // At every epoch tick: trap once the call's tick budget (set per
+    // call) is spent; until then yield to the scheduler, so that a busy
+    // plugin does not starve the other requests on its thread.
+    store.epoch_deadline_callback(|mut cx| {
+        let state = cx.data_mut();
+        if state.ticks_left == 0 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        state.ticks_left -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
 }
 
 /// Give `store` the budget of one call: `--timeout` in epoch ticks, counted
