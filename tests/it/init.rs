@@ -192,3 +192,18 @@ fn a_plugin_without_the_export_is_unaffected() {
     assert_eq!(host.logs.count("wizer-initialize"), 0);
     assert!(host.logs.count(&format!("version {version}")) >= 1, "{}", host.logs.lines().join("\n"));
 }
+
+#[test]
+fn a_services_file_gives_var_files_relative_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf")).unwrap();
+    std::fs::write(dir.path().join("conf/text.txt"), "from-the-file").unwrap();
+    let file = dir.path().join("host.toml");
+    let services = format!(
+        "[[service]]\nname = \"probe\"\nplugin = \"{}\"\nudp = [\"127.0.0.1:0\"]\nvar-files = {{ text = \"conf/text.txt\" }}\n",
+        probe()
+    );
+    std::fs::write(&file, services).unwrap();
+    let host = Host::start(&["--config", file.to_str().unwrap()]);
+    assert_eq!(reply(&host), "init=yes runs=1 text=from-the-file bytes=0 sum=0");
+}
