@@ -4,6 +4,10 @@
 //! - `fresh`: a new store + instance, one call of `handle`, drop: what every
 //!   request costs in the default mode.
 //! - `reused`: one call on an instance kept across calls (`--instance-reuse`).
+//! - `init-probe/fresh, ...`: a fresh instance of a plugin whose
+//!   `wizer-initialize` built its state at load (none, or 4 MiB), and of
+//!   the same plugin when its init did nothing and each request builds
+//!   (an empty) state itself: what the init step costs a request.
 //! - `kv-probe/get x1000`: one call that makes 1,000 `wasi:keyvalue` `get`s
 //!   of a 100-byte value from the embedded store: divide by 1,000 for the
 //!   cost of one host call (README, "State and configuration").
@@ -36,10 +40,12 @@ fn bench(c: &mut Criterion) {
     let _ticker = EpochTicker::start(&engine).unwrap();
     let stats = Arc::new(host::Stats::default());
     let data = tempfile::tempdir().unwrap();
-    let store =
-        rt.block_on(host::kv::Store::open(&host::kv::Backend::Embedded(data.path().into()), limits.timeout)).unwrap();
-    let services = Arc::new(host::plugin::services::Services::new(Arc::new(store), "bench", stats.clone()));
-    let loader = Loader::new(engine, Admission::new(&engine_limits), None, stats, services).unwrap();
+    let store = Arc::new(
+        rt.block_on(host::kv::Store::open(&host::kv::Backend::Embedded(data.path().into()), limits.timeout)).unwrap(),
+    );
+    let services = Arc::new(host::plugin::services::Services::new(store.clone(), "bench", stats.clone()));
+    let admission = Admission::new(&engine_limits);
+    let loader = Loader::new(engine.clone(), admission.clone(), None, stats.clone(), services).unwrap();
     let req = Request {
         transport: Transport::Udp,
         peer: "127.0.0.1:40000".parse().unwrap(),
@@ -61,6 +67,27 @@ fn bench(c: &mut Criterion) {
         let mut instance = rt.block_on(plugin.instantiate(&limits)).unwrap();
         c.bench_function(&format!("{name}/reused: call"), |b| {
             b.iter(|| rt.block_on(instance.call(&req, &limits, 1 << 20)).unwrap().unwrap())
+        });
+    }
+
+    // The init step: a fresh instance of a plugin whose state was built at
+    // load (`size` bytes of it), against one that builds it per request.
+    for (label, vars) in [
+        ("init-probe/fresh, state built at load (none)", &[("size", "0")][..]),
+        ("init-probe/fresh, state built at load (4 MiB)", &[("size", "4194304")][..]),
+        ("init-probe/fresh, no init state (none built per request)", &[("size", "0"), ("mode", "skip")][..]),
+    ] {
+        let mut services = host::plugin::services::Services::new(store.clone(), "bench", stats.clone());
+        services.vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let loader = Loader::new(engine.clone(), admission.clone(), None, stats.clone(), Arc::new(services)).unwrap();
+        let plugin = rt.block_on(loader.load(&plugin_path("init-probe"), &limits)).unwrap();
+        c.bench_function(label, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut instance = plugin.instantiate(&limits).await.unwrap();
+                    instance.call(&req, &limits, 1 << 20).await.unwrap().unwrap()
+                })
+            })
         });
     }
 

@@ -323,7 +323,8 @@ async fn load(config: &Config, services: services::Services, stats: Arc<Stats>) 
         )
     })?;
     let ticker = EpochTicker::start(&engine)?;
-    let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), Arc::new(services))?;
+    let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), Arc::new(services))?
+        .with_init_timeout(config.init_timeout);
     let plugin = loader.load(config.plugin_path()?, &call_limits(config)).await?;
     Ok(Loaded { plugin, _ticker: ticker })
 }

@@ -174,6 +174,11 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_timeout)]
     pub timeout: Duration,
 
+    /// Longest a plugin's `wizer-initialize` may run when the plugin is
+    /// loaded (at start and at each reload).
+    #[arg(long, value_name = "DURATION", default_value = crate::plugin::init::DEFAULT_INIT_TIMEOUT, value_parser = parse_init_timeout)]
+    pub init_timeout: Duration,
+
     /// Most linear memory one plugin instance may use (e.g. 64MiB; from
     /// 64KiB to 4GiB).
     #[arg(long, value_name = "BYTES", default_value = DEFAULT_MAX_MEMORY, value_parser = parse_max_memory)]
@@ -296,6 +301,12 @@ pub struct Config {
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var, help_heading = "State and configuration")]
     pub vars: Vec<(String, String)>,
 
+    /// A `wasi:config` variable whose value is the text of a file (UTF-8,
+    /// at most 1 MiB), read at each load of the plugin: a SIGHUP picks up
+    /// a changed file as a new version (repeat for more).
+    #[arg(long = "var-file", value_name = "KEY=PATH", value_parser = parse_var_file, help_heading = "State and configuration")]
+    pub var_files: Vec<(String, PathBuf)>,
+
     /// Worker threads, 1 to 1024 [default: one per CPU].
     #[arg(long, value_name = "N", value_parser = parse_workers)]
     pub workers: Option<usize>,
@@ -345,6 +356,15 @@ impl Config {
         if self.kv_buckets.is_empty() { vec![crate::kv::DEFAULT_BUCKET.to_string()] } else { self.kv_buckets.clone() }
     }
 
+    /// The `--var-file`s, the last of each name.
+    pub fn var_files(&self) -> Vec<(String, PathBuf)> {
+        let mut map = std::collections::BTreeMap::new();
+        for (k, v) in &self.var_files {
+            map.insert(k.clone(), v.clone());
+        }
+        map.into_iter().collect()
+    }
+
     /// The `wasi:config` variables, sorted by name, the last of each name.
     pub fn vars(&self) -> Vec<(String, String)> {
         let mut map = std::collections::BTreeMap::new();
@@ -377,6 +397,9 @@ impl Config {
                      or leave {flag} out"
                 );
             }
+        }
+        if let Some((key, _)) = self.var_files.iter().find(|(k, _)| self.vars.iter().any(|(v, _)| v == k)) {
+            anyhow::bail!("variable {key} is given by both --var and --var-file: give it one value");
         }
         let mut seen = std::collections::HashSet::new();
         for (transport, addr) in &list {
@@ -487,6 +510,17 @@ fn parse_positive_duration(s: &str, why: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         Duration::ZERO => Err(format!("must be more than 0: {why}")),
         d => Ok(d),
+    }
+}
+
+fn parse_init_timeout(s: &str) -> Result<Duration, String> {
+    parse_positive_duration(s, "every plugin's wizer-initialize would be cut off before it starts")
+}
+
+fn parse_var_file(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((k, p)) if !k.is_empty() && !p.is_empty() => Ok((k.to_string(), PathBuf::from(p))),
+        _ => Err("expected KEY=PATH, e.g. --var-file zone=example.zone".into()),
     }
 }
 

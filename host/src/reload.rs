@@ -3,9 +3,11 @@
 //! Triggers: a change to the plugin file, watched with `notify` through any
 //! symlinks on its path (a Kubernetes ConfigMap swap included; see
 //! `reload/watch.rs`), SIGHUP, or [`ReloadHandle::reload`]. A reload reads
-//! the file, compiles it off the request path (or takes it from the compile
-//! cache), links and validates it, and only then swaps it in with one atomic
-//! pointer swap ([`Versions::swap`](crate::dispatch::Versions::swap)).
+//! the file and the `--var-file`s (which are not watched: SIGHUP picks up
+//! a change to one), runs the plugin's `wizer-initialize` if it has one
+//! (`plugin/init.rs`), compiles it off the request path (or takes it from
+//! the compile cache), links and validates it, and only then swaps it in
+//! with one atomic pointer swap ([`Versions::swap`](crate::dispatch::Versions::swap)).
 //! Requests already running finish on the version they started with; open
 //! TCP connections stay open and their next frames go to the new version.
 //!
@@ -38,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
 use crate::plugin::CallLimits;
-use crate::plugin::loader::{Loader, PluginFile};
+use crate::plugin::loader::{LoadError, Loader};
 use crate::stats::Stats;
 use watch::FileWatch;
 
@@ -85,7 +87,8 @@ pub(crate) struct Reloader {
     dispatcher: Arc<Dispatcher>,
     limits: CallLimits,
     stats: Arc<Stats>,
-    /// The sha256 of the last file that failed, so each bad file is logged once.
+    /// The identity of the last file that failed, so each bad file is
+    /// logged once.
     last_failure: Option<String>,
     tx: mpsc::UnboundedSender<Trigger>,
     rx: mpsc::UnboundedReceiver<Trigger>,
@@ -165,17 +168,23 @@ impl Reloader {
     /// Load the file and swap it in if it is a new, valid version.
     async fn reload(&mut self, trigger: Trigger) {
         let started = Instant::now();
-        let file = match PluginFile::read(&self.path).await {
+        // The plugin file and the `--var-file`s: a changed variable's file
+        // makes a new version of an unchanged plugin file.
+        let file = match self.loader.read(&self.path).await {
             Ok(file) => file,
+            Err(LoadError::Read { cause, .. }) => {
+                self.failed(format!("cannot read {}: {cause}", self.path.display()), None);
+                return;
+            }
             Err(e) => {
-                self.failed(format!("cannot read {}: {e}", self.path.display()), None);
+                self.failed(e.to_string(), None);
                 return;
             }
         };
-        let digest = file.sha256.clone();
+        let digest = file.identity();
         let current = self.dispatcher.versions().current();
         let old = current.plugin().info().version.clone();
-        if current.plugin().info().sha256 == digest {
+        if current.plugin().info().identity == digest {
             // Touched, or SIGHUP with no change: nothing to do. An operator
             // who sent SIGHUP is told; a file event is routine.
             if trigger.is_file_event() {

@@ -91,7 +91,7 @@ impl Bound {
         let ticker = engine::EpochTicker::start(&engine)?;
         let services = Arc::new(open_services(&config, &name, stats.clone()).await?);
         let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), services)?;
-        let loader = Arc::new(loader.with_cache_max_size(config.cache_max_size));
+        let loader = Arc::new(loader.with_cache_max_size(config.cache_max_size).with_init_timeout(config.init_timeout));
         let path = config.plugin_path()?.to_path_buf();
         let plugin = loader.load(&path, &dispatch::call_limits(&config)).await?;
         let bound = fit_to_world(bound, &config, &plugin)?;
@@ -279,9 +279,13 @@ pub async fn check(config: &Config, pool: u32) -> anyhow::Result<Checked> {
         buckets: config.kv_buckets().into_iter().map(Into::into).collect(),
         limits: kv_limits(config),
         vars: config.vars(),
+        var_files: config.var_files(),
         stats: stats.clone(),
     };
-    let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), Arc::new(services))?;
+    // A plugin's `wizer-initialize` is cut off by the epoch deadline.
+    let _ticker = engine::EpochTicker::start(&engine)?;
+    let loader = Loader::new(engine, Admission::new(&limits), config.cache_dir(), stats.clone(), Arc::new(services))?
+        .with_init_timeout(config.init_timeout);
     let started = std::time::Instant::now();
     let plugin = loader.load(config.plugin_path()?, &dispatch::call_limits(config)).await?;
     let compiled_in = (stats.snapshot().cache_hits == 0).then(|| started.elapsed());
@@ -433,6 +437,7 @@ pub(crate) async fn open_services(
         buckets: buckets.into_iter().map(Into::into).collect(),
         limits: kv_limits(config),
         vars: config.vars(),
+        var_files: config.var_files(),
         stats,
     })
 }

@@ -17,6 +17,7 @@
 //! listen = ["127.0.0.1:7000"]
 //! timeout = "200ms"
 //! vars = { greeting = "hello" }
+//! var-files = { zone = "example.zone" }  # the text of a file, relative to this one
 //! ```
 //!
 //! Every error is one line naming the file, line and column: TOML syntax,
@@ -54,7 +55,7 @@ pub const HOST_KEYS: &[&str] = &[
 const NOT_KEYS: &[&str] = &["config", "help", "version"];
 
 /// Plural spellings a file may use for a repeatable flag.
-const ALIASES: &[(&str, &str)] = &[("kv-buckets", "kv-bucket"), ("vars", "var")];
+const ALIASES: &[(&str, &str)] = &[("kv-buckets", "kv-bucket"), ("vars", "var"), ("var-files", "var-file")];
 
 /// What a services file describes: one [`Config`] per service, each with
 /// the host-wide settings filled in.
@@ -305,6 +306,13 @@ fn push_flag(
                 args.push((format!("{k}={}", scalar(v)?), span.clone()));
             }
         }
+        // Paths relative to the services file, like `plugin`.
+        Value::Table(files) if key == "var-file" => {
+            for (k, v) in files {
+                args.push((flag.clone(), span.clone()));
+                args.push((format!("{k}={}", dir.join(scalar(v)?).display()), span.clone()));
+            }
+        }
         v => {
             let mut s = scalar(v)?;
             if matches!(key, "plugin" | "cache-dir" | "data-dir") {
@@ -384,6 +392,7 @@ plugin = "a.wasm"
 udp = ["127.0.0.1:7001"]
 timeout = "2s"
 vars = { greeting = "hi", n = 3 }
+var-files = { zone = "zones/example.zone", abs = "/etc/abs.txt" }
 kv-buckets = ["x", "y"]
 
 [[service]]
@@ -400,6 +409,11 @@ framing = "u32"
         assert_eq!(one.timeout, std::time::Duration::from_secs(2));
         assert_eq!(one.vars(), [("greeting".into(), "hi".into()), ("n".into(), "3".into())]);
         assert_eq!(one.kv_buckets(), ["x", "y"]);
+        // Relative to the services file, like `plugin`.
+        assert_eq!(
+            one.var_files(),
+            [("abs".into(), "/etc/abs.txt".into()), ("zone".into(), dir.path().join("zones/example.zone"))]
+        );
         assert_eq!(one.plugin.as_deref(), Some(dir.path().join("a.wasm").as_path()));
         assert_eq!(two.timeout, std::time::Duration::from_millis(500), "the command line's default");
         assert_eq!(crate::service::service_name(two).unwrap(), "b");

@@ -13,6 +13,7 @@ mod deploy;
 mod dns;
 mod hardening;
 mod http;
+mod init;
 mod isolation;
 mod languages;
 mod ops;

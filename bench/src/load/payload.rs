@@ -22,6 +22,9 @@ pub enum ReplyCheck {
     Echo,
     /// A number in decimal ASCII, such as a counter's new value.
     Integer,
+    /// Any non-empty reply (a fixture whose replies are checked by its
+    /// own tests, such as init-probe.wasm).
+    Any,
 }
 
 impl ReplyCheck {
@@ -30,6 +33,7 @@ impl ReplyCheck {
         match self {
             ReplyCheck::Echo => reply == request,
             ReplyCheck::Integer => parse_integer(reply).is_some(),
+            ReplyCheck::Any => !reply.is_empty(),
         }
     }
 
@@ -37,6 +41,7 @@ impl ReplyCheck {
         match self {
             ReplyCheck::Echo => "the request",
             ReplyCheck::Integer => "a decimal number",
+            ReplyCheck::Any => "any reply",
         }
     }
 }

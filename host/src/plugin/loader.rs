@@ -11,6 +11,8 @@ use wasmtime::component::{Component, Linker};
 
 use super::admission::Admission;
 use super::cache::CompileCache;
+use super::init::{self, Init};
+use super::services::Services;
 use super::{CallLimits, Exports, Funcs, HostState, Plugin, PluginInfo, bindings, connection, hex, one_line};
 use crate::stats::Stats;
 
@@ -75,6 +77,21 @@ pub enum LoadError {
         /// What is missing or mistyped.
         message: String,
     },
+    /// A `--var-file` cannot be read, is too big or is not UTF-8 text.
+    #[error("{message}")]
+    VarFile {
+        /// Names the flag, the key and the file.
+        message: String,
+    },
+    /// Its `wizer-initialize` is not a function `[] -> []`, trapped, ran
+    /// past `--init-timeout`, or left something the snapshot cannot keep.
+    #[error("plugin {path}: {message}")]
+    Init {
+        /// The plugin file.
+        path: PathBuf,
+        /// What went wrong, starting with `wizer-initialize`.
+        message: String,
+    },
     /// The component traps or fails while being instantiated.
     #[error("plugin {path}: fails to instantiate: {message}")]
     Instantiate {
@@ -92,7 +109,8 @@ pub struct Loader {
     admission: Arc<Admission>,
     cache: Option<CompileCache>,
     stats: Arc<Stats>,
-    services: Arc<super::services::Services>,
+    services: Arc<Services>,
+    init_timeout: std::time::Duration,
 }
 
 impl Loader {
@@ -104,14 +122,21 @@ impl Loader {
         admission: Arc<Admission>,
         cache_dir: Option<PathBuf>,
         stats: Arc<Stats>,
-        services: Arc<super::services::Services>,
+        services: Arc<Services>,
     ) -> anyhow::Result<Self> {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         super::add_log_to_linker(&mut linker)?;
         super::services::add_to_linker(&mut linker, |s: &mut HostState| &mut s.services)?;
         let cache = cache_dir.map(|dir| CompileCache::new(dir, &engine));
-        Ok(Self { engine, linker, admission, cache, stats, services })
+        let init_timeout = humantime::parse_duration(init::DEFAULT_INIT_TIMEOUT)?;
+        Ok(Self { engine, linker, admission, cache, stats, services, init_timeout })
+    }
+
+    /// The budget of a plugin's `wizer-initialize` (`--init-timeout`).
+    pub fn with_init_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.init_timeout = timeout;
+        self
     }
 
     /// Bound the compile cache to `bytes` (`--cache-max-size`).
@@ -125,15 +150,27 @@ impl Loader {
         &self.engine
     }
 
-    /// Load `path`: read, compile off the async threads, link, and validate.
+    /// Load `path`: read, initialise, compile off the async threads,
+    /// link, and validate.
     pub async fn load(&self, path: &Path, limits: &CallLimits) -> Result<Plugin, LoadError> {
-        let file = PluginFile::read(path).await.map_err(|cause| LoadError::Read { path: path.into(), cause })?;
+        let file = self.read(path).await?;
         self.load_file(path, file, limits).await
     }
 
-    /// Load a plugin whose bytes were already read from `path`.
+    /// Read `path` and the `--var-file`s: what a load of it would use.
+    pub async fn read(&self, path: &Path) -> Result<PluginFile, LoadError> {
+        let mut file = PluginFile::read(path).await.map_err(|cause| LoadError::Read { path: path.into(), cause })?;
+        file.var_files = super::vars::read_files(self.services.var_files.clone())
+            .await
+            .map_err(|message| LoadError::VarFile { message })?;
+        Ok(file)
+    }
+
+    /// Load a plugin whose bytes (and `--var-file`s) were already read
+    /// from `path`.
     pub async fn load_file(&self, path: &Path, file: PluginFile, limits: &CallLimits) -> Result<Plugin, LoadError> {
-        let PluginFile { bytes, sha256: digest } = file;
+        let identity = file.identity();
+        let PluginFile { bytes, sha256: file_digest, var_files } = file;
         let p = || path.to_path_buf();
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
@@ -144,14 +181,59 @@ impl Loader {
         }
         let started = std::time::Instant::now();
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let info = Arc::new(PluginInfo::new(name, digest.clone(), p()));
+        let info = Arc::new(PluginInfo::new(name, file_digest, identity, p()));
+        let services = if var_files.is_empty() {
+            self.services.clone()
+        } else {
+            Arc::new(Services {
+                vars: super::vars::with_files(&self.services.vars, var_files),
+                ..(*self.services).clone()
+            })
+        };
+        let bytes = Arc::new(bytes);
+
+        // The init step (plugin/init.rs): what is compiled and served is
+        // the snapshot, cached under its own digest.
+        let (served, digest) = match init::has_init_export(&bytes) {
+            Err(message) => return Err(LoadError::Init { path: p(), message }),
+            Ok(false) => (bytes.clone(), info.sha256.clone()),
+            Ok(true) => {
+                let init = Init {
+                    engine: self.engine.clone(),
+                    linker: self.linker.clone(),
+                    admission: self.admission.clone(),
+                    info: info.clone(),
+                    services: services.clone(),
+                    timeout: self.init_timeout,
+                    max_memory: limits.max_memory,
+                    fuel: limits.fuel.is_some(),
+                    cache: self.cache.clone(),
+                };
+                let snapshot =
+                    init.run(bytes.clone()).await.map_err(|message| LoadError::Init { path: p(), message })?;
+                tracing::info!(
+                    "ran {} of plugin {} version {} in {:.1?} (instrument and compile {:.1?}, init {:.1?}, \
+                     snapshot {:.1?}): snapshot of {:.2} MB (was {:.2} MB)",
+                    init::INIT_EXPORT,
+                    info.name,
+                    info.version,
+                    snapshot.prepare + snapshot.init + snapshot.snapshot,
+                    snapshot.prepare,
+                    snapshot.init,
+                    snapshot.snapshot,
+                    snapshot.wasm.len() as f64 / 1e6,
+                    bytes.len() as f64 / 1e6,
+                );
+                let digest = hex(&Sha256::digest(&snapshot.wasm));
+                (Arc::new(snapshot.wasm), digest)
+            }
+        };
 
         // Compilation takes milliseconds (Rust) to seconds (Python, JS):
         // never on the threads that serve requests.
         let engine = self.engine.clone();
         let cache = self.cache.clone();
-        let bytes = Arc::new(bytes);
-        let b = bytes.clone();
+        let b = served;
         let (component, hit) = tokio::task::spawn_blocking(move || compile(&engine, cache.as_ref(), &b, &digest))
             .await
             .map_err(|e| LoadError::Compile { path: p(), message: e.to_string() })?
@@ -180,8 +262,7 @@ impl Loader {
             }
         };
         let weight = self.admission.weight(&component).map_err(|message| LoadError::TooBig { path: p(), message })?;
-        let plugin =
-            Plugin { info, pre, exports, admission: self.admission.clone(), weight, services: self.services.clone() };
+        let plugin = Plugin { info, pre, exports, admission: self.admission.clone(), weight, services };
 
         // Validate: instantiate once and check the types of the exports.
         let permit = super::Permit(self.admission.admit_validation(weight).await);
@@ -240,13 +321,16 @@ fn compile(
     Ok((component, false))
 }
 
-/// A plugin file's bytes and their sha256, the version's identity.
+/// A plugin file's bytes and their sha256, and the values of the
+/// `--var-file`s read with it: together, the version's identity.
 #[derive(Debug)]
 pub struct PluginFile {
     /// The file's contents.
     pub bytes: Vec<u8>,
     /// The sha256 of `bytes`, in lower-case hex.
     pub sha256: String,
+    /// `--var-file` keys and the files' text, in the order given.
+    pub var_files: Vec<(String, String)>,
 }
 
 impl PluginFile {
@@ -258,9 +342,27 @@ impl PluginFile {
         tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path)?;
             let sha256 = hex(&Sha256::digest(&bytes));
-            Ok(PluginFile { bytes, sha256 })
+            Ok(PluginFile { bytes, sha256, var_files: Vec::new() })
         })
         .await
         .map_err(std::io::Error::other)?
+    }
+
+    /// What identifies the version this file makes, in hex: the file's
+    /// sha256 alone, or with `--var-file`s, the sha256 of it and their
+    /// keys and values (a changed file makes a new version).
+    pub fn identity(&self) -> String {
+        if self.var_files.is_empty() {
+            return self.sha256.clone();
+        }
+        let mut h = Sha256::new();
+        h.update(self.sha256.as_bytes());
+        for (key, value) in &self.var_files {
+            h.update((key.len() as u64).to_le_bytes());
+            h.update(key.as_bytes());
+            h.update((value.len() as u64).to_le_bytes());
+            h.update(value.as_bytes());
+        }
+        hex(&h.finalize())
     }
 }

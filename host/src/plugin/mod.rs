@@ -14,10 +14,12 @@ pub mod cache;
 pub mod connection;
 pub mod engine;
 pub mod history;
+pub mod init;
 pub mod loader;
 mod output;
 pub mod services;
 mod state;
+pub mod vars;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,10 +47,15 @@ pub const MAX_LOG_MESSAGE: usize = 4 << 10;
 pub struct PluginInfo {
     /// File stem, e.g. `echo` for `echo.wasm`.
     pub name: String,
-    /// First 12 hex digits of the file's sha256: the version shown in logs.
+    /// First 12 hex digits of [`Self::identity`]: the version shown in
+    /// logs.
     pub version: String,
     /// The file's whole sha256, in hex.
     pub sha256: String,
+    /// What makes the version, in hex: the file's sha256, or with
+    /// `--var-file`s, a sha256 of it and their values
+    /// ([`loader::PluginFile::identity`]).
+    pub identity: String,
     /// Where it was loaded from.
     pub path: PathBuf,
     /// Lines the plugin writes: its `log` calls, stdout and stderr.
@@ -66,9 +73,9 @@ pub struct PluginInfo {
 /// chooses. The notes about dropped output have their own limiter, so they
 /// are still seen when the plugin's own lines are being cut.
 impl PluginInfo {
-    fn new(name: String, sha256: String, path: PathBuf) -> Self {
-        let version = sha256[..12].to_string();
-        Self { name, version, sha256, path, lines: Limiter::new(), notes: Limiter::new() }
+    fn new(name: String, sha256: String, identity: String, path: PathBuf) -> Self {
+        let version = identity[..12].to_string();
+        Self { name, version, sha256, identity, path, lines: Limiter::new(), notes: Limiter::new() }
     }
 
     /// Log one line written by the plugin, if its rate limit allows:
@@ -233,20 +240,8 @@ impl Plugin {
     /// Create a sandboxed instance in the room `permit` holds.
     pub async fn instantiate_admitted(&self, permit: Permit, limits: &CallLimits) -> Result<Instance, CallError> {
         let Permit(permit) = permit;
-        let mut store =
-            Store::new(self.pre.engine(), HostState::new(self.info.clone(), limits.max_memory, self.services.clone()));
-        store.limiter(|s| &mut s.limits);
-        // At every epoch tick: trap once the call's tick budget (set per
-        // call) is spent; until then yield to the scheduler, so that a busy
-        // plugin does not starve the other requests on its thread.
-        store.epoch_deadline_callback(|mut cx| {
-            let state = cx.data_mut();
-            if state.ticks_left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            state.ticks_left -= 1;
-            Ok(UpdateDeadline::Yield(1))
-        });
+        let state = HostState::new(self.info.clone(), limits.max_memory, self.services.clone());
+        let mut store = new_store(self.pre.engine(), state);
         arm(&mut store, limits)?;
         let instance = self.pre.instantiate_async(&mut store).await.map_err(|e| {
             if e.downcast_ref::<Trap>().is_some() {
@@ -331,6 +326,25 @@ impl Instance {
         }
         Ok(())
     }
+}
+
+/// A store for `state`, held to its memory cap, and interrupted once the
+/// budget [`arm`] gives it is spent.
+fn new_store(engine: &wasmtime::Engine, state: HostState) -> Store<HostState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    // At every epoch tick: trap once the call's tick budget (set per
+    // call) is spent; until then yield to the scheduler, so that a busy
+    // plugin does not starve the other requests on its thread.
+    store.epoch_deadline_callback(|mut cx| {
+        let state = cx.data_mut();
+        if state.ticks_left == 0 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        state.ticks_left -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
 }
 
 /// Give `store` the budget of one call: `--timeout` in epoch ticks, counted

@@ -253,7 +253,12 @@ mod tests {
         let capture = Capture::default();
         let writer = capture.clone();
         let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
-        let info = Arc::new(PluginInfo::new("p".into(), "0123456789abcdef".into(), "p.wasm".into()));
+        let info = Arc::new(PluginInfo::new(
+            "p".into(),
+            "0123456789abcdef".into(),
+            "0123456789abcdef".into(),
+            "p.wasm".into(),
+        ));
         tracing::subscriber::with_default(subscriber, || f(&PluginOutput::new(info)));
         let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         text.lines().map(str::to_string).collect()

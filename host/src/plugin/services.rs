@@ -78,6 +78,7 @@ impl Default for KvLimits {
 /// What the host gives one service's plugins: its store, the buckets it
 /// may open, its limits and its configuration variables. Shared by every
 /// instance of every version of the service's plugin.
+#[derive(Clone)]
 pub struct Services {
     /// The store, shared with every other service of the process.
     pub store: Arc<kv::Store>,
@@ -87,8 +88,14 @@ pub struct Services {
     pub buckets: Vec<Arc<str>>,
     /// Caps on key-value use.
     pub limits: KvLimits,
-    /// `wasi:config` variables, sorted by name, one value per name.
+    /// `wasi:config` variables, sorted by name, one value per name: the
+    /// `--var` values, and the `--var-file` values the loader read for
+    /// the version (see [`Self::var_files`]).
     pub vars: Vec<(String, String)>,
+    /// `--var-file KEY=PATH`: variables whose values the loader reads from
+    /// files at each load of the plugin (`vars` of the [`Services`] it
+    /// gives that version).
+    pub var_files: Vec<(String, std::path::PathBuf)>,
     /// Where the key-value counters go.
     pub stats: Arc<Stats>,
 }
@@ -113,6 +120,7 @@ impl Services {
             buckets: vec![kv::DEFAULT_BUCKET.into()],
             limits: KvLimits::default(),
             vars: Vec::new(),
+            var_files: Vec::new(),
             stats,
         }
     }
@@ -132,12 +140,34 @@ pub struct ServicesState {
     /// as the plugin could not hold more.
     max_read: usize,
     read_left: usize,
+    /// Set in the init step ([`super::init`]): `open` fails.
+    refuse: bool,
 }
 
 impl ServicesState {
     pub(super) fn new(services: Arc<Services>, max_memory: usize) -> Self {
         let ops_left = services.limits.max_ops;
-        Self { services, table: ResourceTable::new(), open: 0, ops_left, max_read: max_memory, read_left: max_memory }
+        Self {
+            services,
+            table: ResourceTable::new(),
+            open: 0,
+            ops_left,
+            max_read: max_memory,
+            read_left: max_memory,
+            refuse: false,
+        }
+    }
+
+    /// Refuse `wasi:keyvalue` (the init step): a bucket opened there would
+    /// be a handle in the snapshot that names nothing in the instances
+    /// made from it.
+    pub(super) fn refuse_keyvalue(&mut self) {
+        self.refuse = true;
+    }
+
+    /// How many buckets are open.
+    pub(super) fn open_buckets(&self) -> usize {
+        self.open
     }
 
     /// A new call: full budgets.
@@ -253,6 +283,11 @@ impl store::Host for ServicesState {
     async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, kv::Error> {
         let granted = self.services.buckets.iter().find(|b| ***b == *identifier).cloned();
         let result = match granted {
+            _ if self.refuse => Err(kv::Error::Other(
+                "wasi:keyvalue is not available in wizer-initialize: open buckets in the calls that serve \
+                 requests"
+                    .into(),
+            )),
             None => Err(kv::Error::AccessDenied),
             Some(_) if self.open >= MAX_OPEN_BUCKETS => Err(kv::Error::Other(format!(
                 "{MAX_OPEN_BUCKETS} buckets are already open in this instance: drop one first"

@@ -109,6 +109,22 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// What resources the plugin holds open, if any: after the init step
+    /// ([`super::init`]) there must be none, as a handle in the snapshot
+    /// would name nothing in the instances made from it.
+    pub(super) fn open_resources(&self) -> Option<String> {
+        let wasi = self.wasi.as_ref().is_some_and(|w| !w.table.is_empty());
+        let buckets = self.services.open_buckets();
+        match (wasi, buckets) {
+            (false, 0) => None,
+            (true, 0) => Some("a WASI resource (a stream, a pollable, ...)".into()),
+            (false, n) => Some(format!("{n} key-value bucket(s)")),
+            (true, n) => Some(format!("a WASI resource and {n} key-value bucket(s)")),
+        }
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let wasi = self.wasi.get_or_insert_with(|| Box::new(WasiState::new(self.info.clone())));
