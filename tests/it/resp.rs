@@ -91,7 +91,9 @@ const PIPED: &str = "set p:n 10\nincr p:n\nget p:n\nnosuch\nquoted \"a b\"\nset 
     echo \"x\\ty\"\nincr p:g\nincrby p:n -20\ndecr p:n\nmset p:a 1 p:b\nmset p:a 1 p:b 2\nmget p:a p:zz p:b\n\
     exists p:n p:g p:zz p:n\ndel p:n p:g p:zz p:g\nselect 0\nping\nping hi\nset p:q v nx\nset p:q w nx\n\
     set p:r v xx\nset p:q w xx\nget p:q\ndecrby p:q 1\nset p:q 1 nx xx\nset p:q 1 bogus\nget\nkeys p:[a]\nkeys none*\n\
-    set p:big 9223372036854775807\nincr p:big\necho\nconfig get save\nconfig get appendonly\nquit\nping\n";
+    set p:big 9223372036854775807\nincr p:big\necho\nconfig get save\nconfig get appendonly\n\
+    decrby p:n -9223372036854775808\nset p:u 18446744073709551615\nincr p:u\nauth a b\nset q 1\nkeys [q\ndel q\n\
+    quit x\nping\n";
 
 #[test]
 fn redis_cli_one_shot_and_piped_on_both_backends() {

@@ -105,13 +105,14 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
     // Arity as Redis's command table has it: exact (n) or at least (-n).
     let arity: i32 = match name.as_str() {
         "ping" => -1,
-        "echo" | "get" | "incr" | "decr" | "keys" | "select" | "auth" => 2,
+        "echo" | "get" | "incr" | "decr" | "keys" | "select" => 2,
         "set" => -3,
-        "del" | "exists" | "mget" => -2,
+        "del" | "exists" | "mget" | "auth" => -2,
         "incrby" | "decrby" => 3,
         "mset" => -3,
-        "dbsize" | "quit" => 1,
-        "command" | "info" | "hello" => -1,
+        "dbsize" => 1,
+        // Redis ignores QUIT's arguments.
+        "command" | "info" | "hello" | "quit" => -1,
         "config" | "client" => -2,
         _ => {
             reply::error(out, &unknown_command(args));
@@ -155,7 +156,13 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
         "incr" => add(kv, &args[1], Ok(1), out),
         "decr" => add(kv, &args[1], Ok(-1), out),
         "incrby" => add(kv, &args[1], parse_i64(&args[2]).ok_or(()), out),
-        "decrby" => add(kv, &args[1], parse_i64(&args[2]).ok_or(()).and_then(|n| n.checked_neg().ok_or(())), out),
+        "decrby" => match parse_i64(&args[2]) {
+            Some(i64::MIN) => {
+                reply::error(out, "ERR decrement would overflow");
+                Ok(())
+            }
+            n => add(kv, &args[1], n.map(|n| -n).ok_or(()), out),
+        },
         "mget" => {
             let names: Vec<String> = args[1..].iter().map(|k| keys::encode(k)).collect();
             kv.get_many(&names).map(|values| {
@@ -175,8 +182,11 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
         }
         "dbsize" => all_keys(kv).map(|k| reply::integer(out, k.len())),
         "keys" => all_keys(kv).map(|stored| {
+            // `*` is every key, the empty one too, which Redis's glob
+            // itself does not match.
+            let every = args[1] == b"*";
             let matched: Vec<Vec<u8>> =
-                stored.iter().map(|k| keys::decode(k)).filter(|k| keys::glob(&args[1], k)).collect();
+                stored.iter().map(|k| keys::decode(k)).filter(|k| every || keys::glob(&args[1], k)).collect();
             reply::array(out, matched.len());
             for k in &matched {
                 reply::bulk(out, k);
@@ -191,10 +201,7 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
             Ok(())
         }
         "auth" => {
-            reply::error(
-                out,
-                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            );
+            auth(args, out);
             Ok(())
         }
         "command" => {
@@ -241,6 +248,20 @@ fn unknown_command(args: &[Vec<u8>]) -> String {
         rest.push_str(&format!("'{cut}' "));
     }
     format!("ERR unknown command '{name}', with args beginning with: {rest}")
+}
+
+/// `AUTH [user] password`, as a Redis without a password answers it: its
+/// `default` user takes any password, no other user exists.
+fn auth(args: &[Vec<u8>], out: &mut Vec<u8>) {
+    match args.len() {
+        2 => reply::error(
+            out,
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ),
+        3 if args[1] == b"default" => reply::simple(out, "OK"),
+        3 => reply::error(out, "WRONGPASS invalid username-password pair or user is disabled."),
+        _ => reply::error(out, "ERR syntax error"),
+    }
 }
 
 /// `SET key value [NX|XX]`. NX and XX are an `exists` then a `set`: two
@@ -300,7 +321,6 @@ fn del(kv: &mut impl Kv, args: &[Vec<u8>], out: &mut Vec<u8>) -> Result<(), Stri
 /// digits only.
 fn add(kv: &mut impl Kv, key: &[u8], delta: Result<i64, ()>, out: &mut Vec<u8>) -> Result<(), String> {
     let Ok(delta) = delta else {
-        // DECRBY of i64::MIN is Redis's overflow, any other is not a number.
         reply::error(out, NOT_AN_INTEGER);
         return Ok(());
     };
@@ -309,11 +329,13 @@ fn add(kv: &mut impl Kv, key: &[u8], delta: Result<i64, ()>, out: &mut Vec<u8>) 
         match kv.increment(&key, delta as u64) {
             // The embedded store counts to 2^64-1, Redis to 2^63-1 (and a
             // client cannot read a larger integer reply): put the value
-            // back and refuse, as Redis does. Not atomic: an increment by
-            // another connection in between is lost.
+            // back and refuse, as Redis does (a value that was already
+            // over 2^63-1 is not an integer to Redis). Not atomic: an
+            // increment by another connection in between is lost.
             Ok(n) if n > i64::MAX as u64 => {
-                kv.set(&key, (n - delta as u64).to_string().as_bytes())?;
-                reply::error(out, OVERFLOW);
+                let old = n - delta as u64;
+                kv.set(&key, old.to_string().as_bytes())?;
+                reply::error(out, if old > i64::MAX as u64 { NOT_AN_INTEGER } else { OVERFLOW });
                 return Ok(());
             }
             Ok(n) => {
@@ -322,9 +344,12 @@ fn add(kv: &mut impl Kv, key: &[u8], delta: Result<i64, ()>, out: &mut Vec<u8>) 
             }
             // The host's texts: "... is not a decimal counter" (a value
             // of anything but digits, such as a negative number) and
-            // "... overflows".
+            // "... overflows" (past 2^64-1 on the embedded store, past
+            // 2^63-1 on Redis): Redis's overflow if the value was an i64,
+            // else it was not an integer to Redis.
             Err(e) if e.contains("overflows") => {
-                reply::error(out, OVERFLOW);
+                let was_i64 = kv.get(&key)?.is_some_and(|v| parse_i64(&v).is_some());
+                reply::error(out, if was_i64 { OVERFLOW } else { NOT_AN_INTEGER });
                 return Ok(());
             }
             Err(e) if !e.contains("not a decimal counter") => return Err(e),
@@ -478,7 +503,18 @@ pub(crate) mod tests {
                 &[b"auth", b"pw"],
                 "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
             ),
+            (&[b"decrby", b"n", b"-9223372036854775808"], "-ERR decrement would overflow\r\n"),
+            (&[b"set", b"u64", b"18446744073709551615"], "+OK\r\n"),
+            (&[b"incr", b"u64"], "-ERR value is not an integer or out of range\r\n"),
+            (&[b"set", b"u64", b"9223372036854775808"], "+OK\r\n"),
+            (&[b"incrby", b"u64", b"0"], "-ERR value is not an integer or out of range\r\n"),
+            (&[b"get", b"u64"], "$19\r\n9223372036854775808\r\n"),
+            (&[b"del", b"u64"], ":1\r\n"),
+            (&[b"auth", b"a", b"b"], "-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
+            (&[b"auth", b"default", b"b"], "+OK\r\n"),
+            (&[b"auth", b"a", b"b", b"c"], "-ERR syntax error\r\n"),
             (&[b"quit"], "+OK\r\n"),
+            (&[b"quit", b"x"], "+OK\r\n"),
         ];
         for (line, want) in cases {
             assert_eq!(exchange(&mut kv, line), *want, "{line:?}");
