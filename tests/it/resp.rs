@@ -362,3 +362,34 @@ fn value_limits_follow_the_host_flags_and_the_plugin_variables() {
     exchange(&mut s, &request(&[b"SET", b"k", b"12345678901"]), b"-ERR Protocol error: invalid bulk length\r\n");
     assert!(closed_within(&mut s, REPLY_TIMEOUT));
 }
+
+#[test]
+fn pipelined_gets_of_a_large_value_get_what_fits_then_a_close() {
+    // 60 GETs of a 1,000,000-byte value in one write would be 60 MB of
+    // replies: the first is sent whole (under resp-max-output, 1 MiB less
+    // 16 KiB), the second would pass it, so the connection is closed.
+    let host = resp_host(None, &[]);
+    let big = vec![b'v'; 1_000_000];
+    let mut s = tcp_connect(host.tcp());
+    exchange(&mut s, &request(&[b"SET", b"big1", &big]), b"+OK\r\n");
+    exchange(&mut s, &b"GET big1\r\n".repeat(60), &bulk(&big));
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+    let stats = host.stats();
+    assert_eq!((stats["plugin_errors"], stats["traps"]), (0, 0));
+    // A larger bound (with --max-reply above it): as many whole replies
+    // as fit; an MGET past it on its own is an error, then the close.
+    let host = resp_host(None, &["--var", "resp-max-output=2500000", "--max-reply", "4MiB"]);
+    let mut s = tcp_connect(host.tcp());
+    exchange(&mut s, &request(&[b"SET", b"big1", &big]), b"+OK\r\n");
+    exchange(&mut s, &b"GET big1\r\n".repeat(60), &[bulk(&big), bulk(&big)].concat());
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+    let mut s = tcp_connect(host.tcp());
+    exchange(
+        &mut s,
+        &request(&[b"MGET", b"big1", b"big1", b"big1"]),
+        b"-ERR reply of more than 2500000 bytes (resp-max-output)\r\n",
+    );
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+    let stats = host.stats();
+    assert_eq!((stats["plugin_errors"], stats["traps"]), (0, 0));
+}
