@@ -91,7 +91,9 @@ const PIPED: &str = "set p:n 10\nincr p:n\nget p:n\nnosuch\nquoted \"a b\"\nset 
     echo \"x\\ty\"\nincr p:g\nincrby p:n -20\ndecr p:n\nmset p:a 1 p:b\nmset p:a 1 p:b 2\nmget p:a p:zz p:b\n\
     exists p:n p:g p:zz p:n\ndel p:n p:g p:zz p:g\nselect 0\nping\nping hi\nset p:q v nx\nset p:q w nx\n\
     set p:r v xx\nset p:q w xx\nget p:q\ndecrby p:q 1\nset p:q 1 nx xx\nset p:q 1 bogus\nget\nkeys p:[a]\nkeys none*\n\
-    set p:big 9223372036854775807\nincr p:big\necho\nconfig get save\nconfig get appendonly\nquit\nping\n";
+    set p:big 9223372036854775807\nincr p:big\necho\nconfig get save\nconfig get appendonly\n\
+    decrby p:n -9223372036854775808\nset p:u 18446744073709551615\nincr p:u\nauth a b\nset q 1\nkeys [q\ndel q\n\
+    quit x\nping\n";
 
 #[test]
 fn redis_cli_one_shot_and_piped_on_both_backends() {
@@ -359,4 +361,35 @@ fn value_limits_follow_the_host_flags_and_the_plugin_variables() {
     exchange(&mut s, &request(&[b"SET", b"k", b"1234567890"]), b"+OK\r\n");
     exchange(&mut s, &request(&[b"SET", b"k", b"12345678901"]), b"-ERR Protocol error: invalid bulk length\r\n");
     assert!(closed_within(&mut s, REPLY_TIMEOUT));
+}
+
+#[test]
+fn pipelined_gets_of_a_large_value_get_what_fits_then_a_close() {
+    // 60 GETs of a 1,000,000-byte value in one write would be 60 MB of
+    // replies: the first is sent whole (under resp-max-output, 1 MiB less
+    // 16 KiB), the second would pass it, so the connection is closed.
+    let host = resp_host(None, &[]);
+    let big = vec![b'v'; 1_000_000];
+    let mut s = tcp_connect(host.tcp());
+    exchange(&mut s, &request(&[b"SET", b"big1", &big]), b"+OK\r\n");
+    exchange(&mut s, &b"GET big1\r\n".repeat(60), &bulk(&big));
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+    let stats = host.stats();
+    assert_eq!((stats["plugin_errors"], stats["traps"]), (0, 0));
+    // A larger bound (with --max-reply above it): as many whole replies
+    // as fit; an MGET past it on its own is an error, then the close.
+    let host = resp_host(None, &["--var", "resp-max-output=2500000", "--max-reply", "4MiB"]);
+    let mut s = tcp_connect(host.tcp());
+    exchange(&mut s, &request(&[b"SET", b"big1", &big]), b"+OK\r\n");
+    exchange(&mut s, &b"GET big1\r\n".repeat(60), &[bulk(&big), bulk(&big)].concat());
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+    let mut s = tcp_connect(host.tcp());
+    exchange(
+        &mut s,
+        &request(&[b"MGET", b"big1", b"big1", b"big1"]),
+        b"-ERR reply of more than 2500000 bytes (resp-max-output)\r\n",
+    );
+    assert!(closed_within(&mut s, REPLY_TIMEOUT));
+    let stats = host.stats();
+    assert_eq!((stats["plugin_errors"], stats["traps"]), (0, 0));
 }

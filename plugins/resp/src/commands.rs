@@ -40,11 +40,31 @@ pub enum After {
     Close,
 }
 
-/// The state a connection keeps between commands.
-#[derive(Debug, Default)]
+/// The state a connection keeps between commands, and its limits.
+#[derive(Debug)]
 pub struct Client {
     /// Set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
     pub name: Option<Vec<u8>>,
+    /// Most bytes of replies to one read of the connection
+    /// (`resp-max-output`): see [`run_all`].
+    pub max_output: usize,
+    /// Most keys one `get-many` reads (at least 1), so that the values
+    /// in memory at once stay bounded whatever the pipeline or `MGET`.
+    pub get_batch: usize,
+}
+
+/// Default [`Client::max_output`]: the host's default `--max-reply`
+/// (1 MiB) less a margin for the small replies of writes, which are never
+/// dropped (see [`run_all`]).
+pub const DEFAULT_MAX_OUTPUT: usize = (1 << 20) - (16 << 10);
+/// Default [`Client::get_batch`]: 16 values of the largest default size
+/// (1 MiB) at most, a quarter of a plugin's default 64 MiB of memory.
+pub const DEFAULT_GET_BATCH: usize = 16;
+
+impl Default for Client {
+    fn default() -> Self {
+        Client { name: None, max_output: DEFAULT_MAX_OUTPUT, get_batch: DEFAULT_GET_BATCH }
+    }
 }
 
 const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
@@ -53,26 +73,48 @@ const OVERFLOW: &str = "ERR increment or decrement would overflow";
 /// Run `requests` (each never empty) in order, appending their replies to
 /// `out`; stops after one that closes the connection. Consecutive `GET`s
 /// are one `get-many` (one read of the store instead of one per key,
-/// which is most of a `GET`'s cost on the embedded store), and consecutive
-/// plain `SET key value`s one `set-many` (one commit instead of one per
-/// key). The replies are the same as one command at a time, and if a batch
+/// which is most of a `GET`'s cost on the embedded store; at most
+/// [`Client::get_batch`] keys a call), and consecutive plain
+/// `SET key value`s one `set-many` (one commit instead of one per key).
+/// The replies are the same as one command at a time, and if a batch
 /// fails (one key over the host's limit, say), each is run alone so that
 /// only the bad one gets an error (a plain `SET` run again sets the same
 /// value: harmless where a failed batch kept some keys).
+///
+/// The output is bounded by [`Client::max_output`], as Redis closes a
+/// client whose output buffer passes `client-output-buffer-limit`: once
+/// the replies reach it, the rest of the requests are not run and the
+/// connection is closed; a reply that would take them past it is dropped
+/// (the client gets every reply before it, whole, then the close). Two
+/// exceptions, so that the client never gets nothing: the first reply of
+/// a call is kept whatever its size (a `GET` of a large value; the
+/// host's `--max-reply` is the last word), and the replies of writes
+/// (`+OK`, a count) are kept, as the write happened.
 pub fn run_all(kv: &mut impl Kv, client: &mut Client, requests: &[Vec<Vec<u8>>], out: &mut Vec<u8>) -> After {
     let is_get = |args: &Vec<Vec<u8>>| args.len() == 2 && args[0].eq_ignore_ascii_case(b"get");
     let is_set = |args: &Vec<Vec<u8>>| args.len() == 3 && args[0].eq_ignore_ascii_case(b"set");
+    let max = client.max_output;
     let mut i = 0;
     while i < requests.len() {
-        let gets = requests[i..].iter().take_while(|r| is_get(r)).count();
+        if out.len() >= max {
+            return After::Close;
+        }
+        let gets = requests[i..].iter().take_while(|r| is_get(r)).take(client.get_batch.max(1)).count();
         let sets = requests[i..].iter().take_while(|r| is_set(r)).count();
         if gets > 1 {
             let names: Vec<String> = requests[i..i + gets].iter().map(|r| keys::encode(&r[1])).collect();
             if let Ok(values) = kv.get_many(&names) {
                 for v in values {
+                    if out.len() >= max {
+                        return After::Close;
+                    }
+                    let before = out.len();
                     match v {
                         Some(v) => reply::bulk(out, &v),
                         None => reply::nil(out),
+                    }
+                    if dropped(out, before, max) {
+                        return After::Close;
                     }
                 }
                 i += gets;
@@ -89,13 +131,44 @@ pub fn run_all(kv: &mut impl Kv, client: &mut Client, requests: &[Vec<Vec<u8>>],
         }
         let alone = gets.max(sets).max(1);
         for args in &requests[i..i + alone] {
-            if run(kv, client, args, out) == After::Close {
+            if out.len() >= max {
+                return After::Close;
+            }
+            let before = out.len();
+            if run(kv, client, args, out) == After::Close || (!writes(&args[0]) && dropped(out, before, max)) {
                 return After::Close;
             }
         }
         i += alone;
     }
     After::Continue
+}
+
+/// Whether the reply that starts at `out[before]` took the output past
+/// `max` and was dropped (it is kept when it is the first).
+fn dropped(out: &mut Vec<u8>, before: usize, max: usize) -> bool {
+    if out.len() > max && before > 0 {
+        out.truncate(before);
+        return true;
+    }
+    false
+}
+
+/// Whether the command `name` changes data (its reply is small and never
+/// dropped).
+fn writes(name: &[u8]) -> bool {
+    ["set", "del", "incr", "incrby", "decr", "decrby", "mset"].iter().any(|w| name.eq_ignore_ascii_case(w.as_bytes()))
+}
+
+/// An array reply (`MGET`, `KEYS`) that started at `out[mark]` and passed
+/// `max`: dropped, and replaced by an error if it was the first reply, so
+/// that the client learns why the connection closes.
+fn too_big(out: &mut Vec<u8>, mark: usize, max: usize) -> After {
+    out.truncate(mark);
+    if mark == 0 {
+        reply::error(out, &format!("ERR reply of more than {max} bytes (resp-max-output)"));
+    }
+    After::Close
 }
 
 /// Run the request `args` (never empty) and append its reply to `out`.
@@ -105,13 +178,14 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
     // Arity as Redis's command table has it: exact (n) or at least (-n).
     let arity: i32 = match name.as_str() {
         "ping" => -1,
-        "echo" | "get" | "incr" | "decr" | "keys" | "select" | "auth" => 2,
+        "echo" | "get" | "incr" | "decr" | "keys" | "select" => 2,
         "set" => -3,
-        "del" | "exists" | "mget" => -2,
+        "del" | "exists" | "mget" | "auth" => -2,
         "incrby" | "decrby" => 3,
         "mset" => -3,
-        "dbsize" | "quit" => 1,
-        "command" | "info" | "hello" => -1,
+        "dbsize" => 1,
+        // Redis ignores QUIT's arguments.
+        "command" | "info" | "hello" | "quit" => -1,
         "config" | "client" => -2,
         _ => {
             reply::error(out, &unknown_command(args));
@@ -155,33 +229,42 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
         "incr" => add(kv, &args[1], Ok(1), out),
         "decr" => add(kv, &args[1], Ok(-1), out),
         "incrby" => add(kv, &args[1], parse_i64(&args[2]).ok_or(()), out),
-        "decrby" => add(kv, &args[1], parse_i64(&args[2]).ok_or(()).and_then(|n| n.checked_neg().ok_or(())), out),
-        "mget" => {
-            let names: Vec<String> = args[1..].iter().map(|k| keys::encode(k)).collect();
-            kv.get_many(&names).map(|values| {
-                reply::array(out, values.len());
-                for v in values {
-                    match v {
-                        Some(v) => reply::bulk(out, &v),
-                        None => reply::nil(out),
-                    }
-                }
-            })
-        }
+        "decrby" => match parse_i64(&args[2]) {
+            Some(i64::MIN) => {
+                reply::error(out, "ERR decrement would overflow");
+                Ok(())
+            }
+            n => add(kv, &args[1], n.map(|n| -n).ok_or(()), out),
+        },
+        "mget" => match mget(kv, client, &args[1..], out) {
+            Ok(After::Close) => return After::Close,
+            result => result.map(drop),
+        },
         "mset" => {
             let pairs: Vec<(String, Vec<u8>)> =
                 args[1..].chunks(2).map(|kv| (keys::encode(&kv[0]), kv[1].clone())).collect();
             kv.set_many(&pairs).map(|()| reply::simple(out, "OK"))
         }
         "dbsize" => all_keys(kv).map(|k| reply::integer(out, k.len())),
-        "keys" => all_keys(kv).map(|stored| {
-            let matched: Vec<Vec<u8>> =
-                stored.iter().map(|k| keys::decode(k)).filter(|k| keys::glob(&args[1], k)).collect();
-            reply::array(out, matched.len());
-            for k in &matched {
-                reply::bulk(out, k);
+        "keys" => match all_keys(kv) {
+            Ok(stored) => {
+                // `*` is every key, the empty one too, which Redis's glob
+                // itself does not match.
+                let every = args[1] == b"*";
+                let matched: Vec<Vec<u8>> =
+                    stored.iter().map(|k| keys::decode(k)).filter(|k| every || keys::glob(&args[1], k)).collect();
+                let mark = out.len();
+                reply::array(out, matched.len());
+                for k in &matched {
+                    reply::bulk(out, k);
+                }
+                if out.len() > client.max_output {
+                    return too_big(out, mark, client.max_output);
+                }
+                Ok(())
             }
-        }),
+            Err(e) => Err(e),
+        },
         "select" => {
             match parse_i64(&args[1]) {
                 Some(0) => reply::simple(out, "OK"),
@@ -191,10 +274,7 @@ pub fn run(kv: &mut impl Kv, client: &mut Client, args: &[Vec<u8>], out: &mut Ve
             Ok(())
         }
         "auth" => {
-            reply::error(
-                out,
-                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            );
+            auth(args, out);
             Ok(())
         }
         "command" => {
@@ -241,6 +321,41 @@ fn unknown_command(args: &[Vec<u8>]) -> String {
         rest.push_str(&format!("'{cut}' "));
     }
     format!("ERR unknown command '{name}', with args beginning with: {rest}")
+}
+
+/// `MGET key...`, read [`Client::get_batch`] keys at a time; `Close` when
+/// the reply passed [`Client::max_output`] (then it is not in `out`).
+fn mget(kv: &mut impl Kv, client: &Client, args: &[Vec<u8>], out: &mut Vec<u8>) -> Result<After, String> {
+    let mark = out.len();
+    reply::array(out, args.len());
+    for chunk in args.chunks(client.get_batch.max(1)) {
+        let names: Vec<String> = chunk.iter().map(|k| keys::encode(k)).collect();
+        let values = kv.get_many(&names).inspect_err(|_| out.truncate(mark))?;
+        for v in values {
+            match v {
+                Some(v) => reply::bulk(out, &v),
+                None => reply::nil(out),
+            }
+            if out.len() > client.max_output {
+                return Ok(too_big(out, mark, client.max_output));
+            }
+        }
+    }
+    Ok(After::Continue)
+}
+
+/// `AUTH [user] password`, as a Redis without a password answers it: its
+/// `default` user takes any password, no other user exists.
+fn auth(args: &[Vec<u8>], out: &mut Vec<u8>) {
+    match args.len() {
+        2 => reply::error(
+            out,
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ),
+        3 if args[1] == b"default" => reply::simple(out, "OK"),
+        3 => reply::error(out, "WRONGPASS invalid username-password pair or user is disabled."),
+        _ => reply::error(out, "ERR syntax error"),
+    }
 }
 
 /// `SET key value [NX|XX]`. NX and XX are an `exists` then a `set`: two
@@ -300,7 +415,6 @@ fn del(kv: &mut impl Kv, args: &[Vec<u8>], out: &mut Vec<u8>) -> Result<(), Stri
 /// digits only.
 fn add(kv: &mut impl Kv, key: &[u8], delta: Result<i64, ()>, out: &mut Vec<u8>) -> Result<(), String> {
     let Ok(delta) = delta else {
-        // DECRBY of i64::MIN is Redis's overflow, any other is not a number.
         reply::error(out, NOT_AN_INTEGER);
         return Ok(());
     };
@@ -309,11 +423,13 @@ fn add(kv: &mut impl Kv, key: &[u8], delta: Result<i64, ()>, out: &mut Vec<u8>) 
         match kv.increment(&key, delta as u64) {
             // The embedded store counts to 2^64-1, Redis to 2^63-1 (and a
             // client cannot read a larger integer reply): put the value
-            // back and refuse, as Redis does. Not atomic: an increment by
-            // another connection in between is lost.
+            // back and refuse, as Redis does (a value that was already
+            // over 2^63-1 is not an integer to Redis). Not atomic: an
+            // increment by another connection in between is lost.
             Ok(n) if n > i64::MAX as u64 => {
-                kv.set(&key, (n - delta as u64).to_string().as_bytes())?;
-                reply::error(out, OVERFLOW);
+                let old = n - delta as u64;
+                kv.set(&key, old.to_string().as_bytes())?;
+                reply::error(out, if old > i64::MAX as u64 { NOT_AN_INTEGER } else { OVERFLOW });
                 return Ok(());
             }
             Ok(n) => {
@@ -322,9 +438,12 @@ fn add(kv: &mut impl Kv, key: &[u8], delta: Result<i64, ()>, out: &mut Vec<u8>) 
             }
             // The host's texts: "... is not a decimal counter" (a value
             // of anything but digits, such as a negative number) and
-            // "... overflows".
+            // "... overflows" (past 2^64-1 on the embedded store, past
+            // 2^63-1 on Redis): Redis's overflow if the value was an i64,
+            // else it was not an integer to Redis.
             Err(e) if e.contains("overflows") => {
-                reply::error(out, OVERFLOW);
+                let was_i64 = kv.get(&key)?.is_some_and(|v| parse_i64(&v).is_some());
+                reply::error(out, if was_i64 { OVERFLOW } else { NOT_AN_INTEGER });
                 return Ok(());
             }
             Err(e) if !e.contains("not a decimal counter") => return Err(e),
@@ -417,6 +536,43 @@ pub(crate) mod tests {
         }
     }
 
+    fn run_bounded(kv: &mut MapKv, max_output: usize, requests: &[&[&[u8]]]) -> (String, After) {
+        let mut client = Client { max_output, get_batch: 2, ..Client::default() };
+        let requests: Vec<Vec<Vec<u8>>> = requests.iter().map(|r| r.iter().map(|a| a.to_vec()).collect()).collect();
+        let mut out = Vec::new();
+        let after = run_all(kv, &mut client, &requests, &mut out);
+        (String::from_utf8_lossy(&out).into_owned(), after)
+    }
+
+    #[test]
+    fn the_replies_of_one_call_are_bounded_and_what_fits_is_sent_whole() {
+        let mut kv = MapKv::default();
+        kv.set("v", b"0123456789").unwrap();
+        let value = "$10\r\n0123456789\r\n"; // 17 bytes
+        let get: &[&[u8]] = &[b"GET", b"v"];
+        let mget: &[&[u8]] = &[b"MGET", b"v", b"v", b"v"];
+        let ping: &[&[u8]] = &[b"PING"];
+        use After::{Close, Continue};
+        // Under the bound: everything; past it: what fits, then a close.
+        assert_eq!(run_bounded(&mut kv, 100, &[get, get, get]), (value.repeat(3), Continue));
+        assert_eq!(run_bounded(&mut kv, 40, &[get, get, get, get, get]), (value.repeat(2), Close));
+        assert_eq!(run_bounded(&mut kv, 40, &[get, ping, get, get]), (value.to_string() + "+PONG\r\n", Close));
+        // The first reply is kept whatever its size; nothing runs after it.
+        assert_eq!(run_bounded(&mut kv, 10, &[get, get]), (value.to_string(), Close));
+        assert_eq!(run_bounded(&mut kv, 10, &[get]), (value.to_string(), Continue));
+        // An array that passes it: dropped, or an error if it is the first.
+        assert_eq!(run_bounded(&mut kv, 30, &[ping, mget, ping]), ("+PONG\r\n".to_string(), Close));
+        let error = "-ERR reply of more than 30 bytes (resp-max-output)\r\n";
+        assert_eq!(run_bounded(&mut kv, 30, &[mget, ping]), (error.to_string(), Close));
+        assert_eq!(run_bounded(&mut kv, 30, &[&[b"KEYS", b"*"], &[b"KEYS", b"*"]]).1, Continue);
+        // The replies of writes are kept: the writes happened.
+        let (set, sety): (&[&[u8]], &[&[u8]]) = (&[b"SET", b"x", b"y"], &[b"SET", b"y", b"z"]);
+        assert_eq!(
+            run_bounded(&mut kv, 20, &[ping, &[b"INCR", b"n"], set, set, sety, ping]),
+            ("+PONG\r\n:1\r\n+OK\r\n+OK\r\n+OK\r\n".to_string(), Close)
+        );
+    }
+
     fn exchange(kv: &mut MapKv, line: &[&[u8]]) -> String {
         let args: Vec<Vec<u8>> = line.iter().map(|a| a.to_vec()).collect();
         let mut out = Vec::new();
@@ -478,7 +634,18 @@ pub(crate) mod tests {
                 &[b"auth", b"pw"],
                 "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
             ),
+            (&[b"decrby", b"n", b"-9223372036854775808"], "-ERR decrement would overflow\r\n"),
+            (&[b"set", b"u64", b"18446744073709551615"], "+OK\r\n"),
+            (&[b"incr", b"u64"], "-ERR value is not an integer or out of range\r\n"),
+            (&[b"set", b"u64", b"9223372036854775808"], "+OK\r\n"),
+            (&[b"incrby", b"u64", b"0"], "-ERR value is not an integer or out of range\r\n"),
+            (&[b"get", b"u64"], "$19\r\n9223372036854775808\r\n"),
+            (&[b"del", b"u64"], ":1\r\n"),
+            (&[b"auth", b"a", b"b"], "-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
+            (&[b"auth", b"default", b"b"], "+OK\r\n"),
+            (&[b"auth", b"a", b"b", b"c"], "-ERR syntax error\r\n"),
             (&[b"quit"], "+OK\r\n"),
+            (&[b"quit", b"x"], "+OK\r\n"),
         ];
         for (line, want) in cases {
             assert_eq!(exchange(&mut kv, line), *want, "{line:?}");

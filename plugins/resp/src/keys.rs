@@ -63,10 +63,15 @@ pub fn decode(stored: &str) -> Vec<u8> {
 
 /// Whether `text` matches the glob `pattern` as Redis's `stringmatchlen`
 /// matches: `*` any bytes, `?` one byte, `[abc]`, `[^abc]`, `[a-z]`, and
-/// `\x` for a literal `x`. Linear in practice: a `*` is retried at most
-/// once per byte of `text` (the classic backtrack to the last star), never
-/// recursively.
+/// `\x` for a literal `x`, with its corner cases: a class left open runs
+/// to the end of the pattern (`[a` is `a`), and an empty `text` matches
+/// only an empty pattern (`KEYS *` is the exception, see the command).
+/// Linear in practice: a `*` is retried at most once per byte of `text`
+/// (the classic backtrack to the last star), never recursively.
 pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    if text.is_empty() {
+        return pattern.is_empty();
+    }
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
@@ -83,14 +88,9 @@ pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
                     continue;
                 }
                 b'[' => {
-                    if let Some((matched, next)) = class(pattern, p, text[t]) {
-                        if matched {
-                            p = next;
-                            t += 1;
-                            continue;
-                        }
-                    } else if text[t] == b'[' {
-                        p += 1;
+                    let (matched, next) = class(pattern, p, text[t]);
+                    if matched {
+                        p = next;
                         t += 1;
                         continue;
                     }
@@ -124,9 +124,12 @@ pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 /// The class `[...]` starting at `pattern[open]`, tested against `c`:
-/// whether it matched and where the pattern goes on; `None` if the class
-/// is not closed (then `[` is literal, as in Redis).
-fn class(pattern: &[u8], open: usize, c: u8) -> Option<(bool, usize)> {
+/// whether it matched and where the pattern goes on. In the order
+/// `stringmatchlen` tests them: `\x` (not as the last byte), `]`, the end
+/// of the pattern (the class ends there), `a-z` (any three bytes, so `[a-]`
+/// is the range `a` to `]`, left open), a literal byte.
+fn class(pattern: &[u8], open: usize, c: u8) -> (bool, usize) {
+    let end = pattern.len();
     let mut i = open + 1;
     let negate = pattern.get(i) == Some(&b'^');
     if negate {
@@ -134,26 +137,23 @@ fn class(pattern: &[u8], open: usize, c: u8) -> Option<(bool, usize)> {
     }
     let mut matched = false;
     loop {
-        match *pattern.get(i)? {
-            b']' => break,
-            b'\\' => {
-                let lit = *pattern.get(i + 1)?;
-                matched |= lit == c;
-                i += 2;
-            }
-            lo if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&h| h != b']') => {
-                let hi = pattern[i + 2];
-                let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
-                matched |= (lo..=hi).contains(&c);
-                i += 3;
-            }
-            lit => {
-                matched |= lit == c;
-                i += 1;
-            }
+        let left = end.saturating_sub(i);
+        if left >= 2 && pattern[i] == b'\\' {
+            matched |= pattern[i + 1] == c;
+            i += 2;
+        } else if left == 0 {
+            return (matched != negate, end);
+        } else if pattern[i] == b']' {
+            return (matched != negate, i + 1);
+        } else if left >= 3 && pattern[i + 1] == b'-' {
+            let (lo, hi) = (pattern[i].min(pattern[i + 2]), pattern[i].max(pattern[i + 2]));
+            matched |= (lo..=hi).contains(&c);
+            i += 3;
+        } else {
+            matched |= pattern[i] == c;
+            i += 1;
         }
     }
-    Some((matched != negate, i + 1))
 }
 
 #[cfg(test)]
@@ -188,7 +188,6 @@ mod tests {
     fn glob_matches_as_redis_does() {
         let cases: &[(&str, &str, bool)] = &[
             ("*", "anything", true),
-            ("*", "", true),
             ("user:*", "user:1", true),
             ("user:*", "users", false),
             ("h?llo", "hello", true),
@@ -203,8 +202,27 @@ mod tests {
             ("h\\*llo", "hello", false),
             ("*a*b*c", "xxaxxbxxc", true),
             ("*a*b*c", "xxaxxbxxcx", false),
-            ("a[", "a[", true),
             ("k*", "k", true),
+            // The corner cases, as redis-server 7.0.15 answers KEYS.
+            ("[a", "a", true),
+            ("[a", "[", false),
+            ("a[", "a[", false),
+            ("[", "[", false),
+            ("[^", "x", true),
+            ("[\\", "\\", true),
+            ("[a-", "a", true),
+            ("[a-", "-", true),
+            ("a[-", "a-", true),
+            ("[a-]", "a", true),
+            ("[a-]", "^", true),
+            ("[a-]", "]", true),
+            ("[]a]", "a", false),
+            ("[\\]", "]", true),
+            ("[\\]", "\\", false),
+            ("\\", "\\", true),
+            ("**", "", false),
+            ("*", "", false),
+            ("", "", true),
         ];
         for (pattern, text, want) in cases {
             assert_eq!(glob(pattern.as_bytes(), text.as_bytes()), *want, "{pattern} ~ {text}");

@@ -14,9 +14,15 @@
 //! |---|---|---|
 //! | `resp-max-bulk` | 1048576 (the host's `--kv-max-value` default) | largest bulk string of a request |
 //! | `resp-max-request` | 8388608 | most bytes one request holds |
+//! | `resp-max-output` | 1032192 (1 MiB less 16 KiB) | most bytes of replies to one read |
 //!
-//! A request over either is a protocol error: `-ERR Protocol error: ...`
-//! and the connection is closed, as Redis closes it.
+//! A request over either of the first two is a protocol error:
+//! `-ERR Protocol error: ...` and the connection is closed, as Redis
+//! closes it. Replies past `resp-max-output` are dropped and the
+//! connection is closed ([`commands::run_all`]), as Redis closes a client
+//! past its output buffer limit: without it, 60 pipelined `GET`s of a
+//! 1 MB value made 60 MB of output, over the plugin's memory and the
+//! host's `--max-reply`, and the client got nothing.
 
 pub mod commands;
 pub mod keys;
@@ -26,7 +32,7 @@ pub mod server;
 use sockets_plugin::connection::{Connection, ConnectionInfo, Output};
 use sockets_plugin::keyvalue::{atomics, batch, store};
 
-use crate::commands::{After, Client, Kv};
+use crate::commands::{After, Client, DEFAULT_MAX_OUTPUT, Kv};
 use crate::protocol::{Limits, Parser, reply};
 
 /// The bucket the commands use.
@@ -52,7 +58,10 @@ impl Connection for Resp {
             max_bulk: var("resp-max-bulk", DEFAULT_MAX_BULK),
             max_request: var("resp-max-request", DEFAULT_MAX_REQUEST),
         };
-        Resp { parser: Parser::new(limits), client: Client::default(), kv: Bucket(None) }
+        // Values in memory at once: 16 MiB of the largest at most.
+        let get_batch = ((16 << 20) / limits.max_bulk.max(1)).clamp(1, 1024);
+        let client = Client { name: None, max_output: var("resp-max-output", DEFAULT_MAX_OUTPUT), get_batch };
+        Resp { parser: Parser::new(limits), client, kv: Bucket(None) }
     }
 
     fn on_data(&mut self, data: Vec<u8>) -> Result<Output, String> {

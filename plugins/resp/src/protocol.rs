@@ -13,7 +13,10 @@
 /// Longest inline request and longest `*`/`$` header line, as in Redis
 /// (`PROTO_INLINE_MAX_SIZE`).
 pub const MAX_INLINE: usize = 64 << 10;
-/// Most arguments of one request (Redis: 1,048,576 once authenticated).
+/// Most arguments of one request, checked at its `*N` header (Redis
+/// 7.0.15 takes up to 2^31-1 from an authenticated client). In practice
+/// `resp-max-request` stops a request earlier: each argument holds at
+/// least [`ARG_OVERHEAD`] bytes, so 8 MiB is about 350,000 arguments.
 pub const MAX_ARGS: usize = 1 << 20;
 /// What one argument costs besides its bytes, in the bound of a request:
 /// its `Vec` header.
