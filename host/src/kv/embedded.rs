@@ -70,6 +70,9 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
 ";
 
+/// Most keys a `get-many` reads on the caller's thread (more go to the
+/// blocking pool).
+const INLINE_MANY: usize = 32;
 /// Most writes committed in one transaction.
 const MAX_GROUP: usize = 256;
 /// Writes that may wait for the writer thread; past this, callers wait to
@@ -196,22 +199,14 @@ impl Embedded {
         max_bytes: usize,
     ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let b = b.clone();
+        // A few keys are read like one (on this thread when the read
+        // connection is free): a pipeline's run of GETs is a handful of
+        // keys. Many are read on the blocking pool: they can take a while.
+        if keys.len() <= INLINE_MANY {
+            return self.read(move |conn| read_many(conn, &b, &keys, max_bytes)).await;
+        }
         let db = self.db.clone();
-        // On the blocking pool: many values can take a while to read.
-        let read = move || {
-            let conn = lock(&db.reader);
-            let mut total = 0usize;
-            let mut values = Vec::with_capacity(keys.len());
-            for key in &keys {
-                let value = select_value(&conn, &b, key)?;
-                total += value.as_ref().map_or(0, Vec::len);
-                if total > max_bytes {
-                    return Err(super::over_read(max_bytes));
-                }
-                values.push(value);
-            }
-            Ok(values)
-        };
+        let read = move || read_many(&lock(&db.reader), &b, &keys, max_bytes);
         tokio::task::spawn_blocking(read).await.map_err(Error::other)?
     }
 
@@ -304,6 +299,31 @@ impl Embedded {
         })
         .await
     }
+}
+
+/// The values of `keys` on `conn`, stopping with an error once they add up
+/// to more than `max_bytes`.
+fn read_many(
+    conn: &Connection,
+    b: &BucketId,
+    keys: &[String],
+    max_bytes: usize,
+) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    // One read transaction: one snapshot, and SQLite's WAL locks taken
+    // once for all the keys instead of once per key.
+    let tx = conn.unchecked_transaction().map_err(fail)?;
+    let mut total = 0usize;
+    let mut values = Vec::with_capacity(keys.len());
+    for key in keys {
+        let value = select_value(&tx, b, key)?;
+        total += value.as_ref().map_or(0, Vec::len);
+        if total > max_bytes {
+            return Err(super::over_read(max_bytes));
+        }
+        values.push(value);
+    }
+    tx.commit().map_err(fail)?;
+    Ok(values)
 }
 
 fn select_value(conn: &Connection, b: &BucketId, key: &str) -> Result<Option<Vec<u8>>, Error> {
