@@ -92,6 +92,7 @@ class HttpTest(unittest.TestCase):
             (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505"),
             (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n", "413"),
             (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", "413"),
+            (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", "413"),
             (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n", "417"),
             (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
         ]:
