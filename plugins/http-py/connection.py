@@ -6,7 +6,7 @@ The same server as the Rust plugin in plugins/http: `GET /` says hello,
 `GET`/`HEAD`/`PUT`/`DELETE /kv/{key}` use bucket `default`. The protocol is
 in http_proto.py (pure Python, unit-tested); this module connects it to the
 host: the session resource, the store, the clock and the limits from
-`wasi:config` (`max-body`, `max-header-bytes`, `max-headers`).
+`wasi:config` (`max-body`, `max-header-bytes`, `max-headers`, `max-output`).
 
 componentize-py 0.25 binds the exported resource `session` of interface
 `connection` as class `Session` in a top-level module named `connection`
@@ -18,7 +18,8 @@ import time
 from wit_world.exports import connection
 from wit_world.imports import log, wasi_config_store, wasi_keyvalue_store
 
-from http_proto import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP
+from http_proto import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_MAX_OUTPUT
+from http_proto import MAX_HEADERS_CAP
 from http_proto import Http, KvError, Limits
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -47,7 +48,8 @@ def _limits():
     values = []
     for name, default, most in (("max-body", DEFAULT_MAX_BODY, _HUGE),
                                 ("max-header-bytes", DEFAULT_MAX_HEADER_BYTES, _HUGE),
-                                ("max-headers", DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP)):
+                                ("max-headers", DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP),
+                                ("max-output", DEFAULT_MAX_OUTPUT, _HUGE)):
         n, error = var(name, default, most)
         if error is not None:
             return error

@@ -17,6 +17,8 @@ import re
 DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_MAX_HEADER_BYTES = 8 << 10
 DEFAULT_MAX_HEADERS = 100
+# Most bytes of responses built for one read (see Limits.max_output).
+DEFAULT_MAX_OUTPUT = 1 << 20
 # The most header fields `max-headers` may allow (as in the Rust plugin).
 MAX_HEADERS_CAP = 1000
 
@@ -52,13 +54,17 @@ _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*?)
 
 
 class Limits:
-    """The limits of one request."""
+    """The limits of one request, and `max_output`: the most bytes of
+    responses built for one read. The response that passes it is the last
+    one of the read (`Connection: close`) and the pipelined requests after it
+    are not answered (the client sends them again, RFC 9112 9.3.1)."""
 
     def __init__(self, max_body=DEFAULT_MAX_BODY, max_header_bytes=DEFAULT_MAX_HEADER_BYTES,
-                 max_headers=DEFAULT_MAX_HEADERS):
+                 max_headers=DEFAULT_MAX_HEADERS, max_output=DEFAULT_MAX_OUTPUT):
         self.max_body = max_body
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
+        self.max_output = max_output
 
 
 class KvError(Exception):
@@ -190,6 +196,7 @@ class Http:
         self.buffered = 0
         self.head = None
         self._date = None
+        self._out_len = 0
 
     def feed(self, data):
         """The next bytes of the stream: (bytes to write, close after them)."""
@@ -218,6 +225,8 @@ class Http:
 
     def _serve(self, buf, out):
         at = 0
+        # Bytes in `out` so far (for max_output).
+        self._out_len = 0
         while True:
             if self.head is None:
                 # Empty lines before a request line are ignored (RFC 9112 2.2).
@@ -244,8 +253,7 @@ class Http:
             self.head = None
             body = buf[at + head.head_len:at + end]
             at += end
-            self._respond(head, body, out)
-            if not head.keep_alive:
+            if self._respond(head, body, at < len(buf), out):
                 return at, True
 
     def _parse_head(self, buf, at):
@@ -326,15 +334,25 @@ class Http:
         head.minor = minor
         return head
 
-    def _respond(self, head, body, out):
-        if not head.keep_alive:
+    def _respond(self, head, body, more, out):
+        """Route a complete request and add its response; True if the
+        connection closes after it. `more`: bytes of the read follow it."""
+        status, headers, payload = self._route(head, body)
+        head_only = head.method == b"HEAD"
+        # Past max_output with requests still to answer: this response is the
+        # last, so that one read cannot make the plugin build an output of
+        # (pipelined requests x value size). Its head is not counted.
+        full = more and self._out_len + (0 if head_only else len(payload)) > self.limits.max_output
+        if not head.keep_alive or full:
             conn = b"close"
         elif head.say_keep_alive:
             conn = b"keep-alive"
         else:
             conn = None
-        status, headers, payload = self._route(head, body)
-        out.append(_response(status, self._date_now(), headers, payload, head.method == b"HEAD", conn))
+        response = _response(status, self._date_now(), headers, payload, head_only, conn)
+        self._out_len += len(response)
+        out.append(response)
+        return conn == b"close"
 
     def _route(self, head, body):
         if self.config_error is not None:

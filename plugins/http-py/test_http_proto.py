@@ -154,6 +154,23 @@ class HttpTest(unittest.TestCase):
         out, close = http().feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
         self.assertEqual((statuses(out), close), (["400"], True))
 
+    def test_pipelined_responses_past_max_output_end_the_read_and_close(self):
+        h = Http(Fake(), Limits(max_output=1000))
+        h.services.data["v"] = b"x" * 600
+        gets = b"GET /kv/v HTTP/1.1\r\nHost: x\r\n\r\n" * 5
+        # The first response fits; the second passes 1000 bytes: it is sent,
+        # says Connection: close, and the other three are not answered.
+        out, close = h.feed(gets)
+        self.assertEqual((statuses(out), close), (["200", "200"], True))
+        self.assertEqual(out.count(b"Connection: close\r\n"), 1)
+        self.assertTrue(out.endswith(b"Connection: close\r\n\r\n" + b"x" * 600), out)
+        # A response over max_output with nothing after it keeps the connection.
+        h = Http(Fake(), Limits(max_output=100))
+        h.services.data["v"] = b"x" * 600
+        for _ in range(2):
+            out, close = h.feed(gets[:len(gets) // 5])
+            self.assertEqual((statuses(out), close), (["200"], False))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -289,3 +289,36 @@ fn hostile_peers_cost_their_connection_and_bounded_memory() {
         assert_eq!(read_response(&mut s, false).0, 200, "{name}");
     }
 }
+
+#[test]
+fn pipelined_gets_of_a_large_value_get_the_responses_that_fit_then_a_close() {
+    for name in PLUGINS {
+        let host = serve(name, &["--max-reply", "2MiB"]);
+        let value = "v".repeat(1_000_000);
+        let mut s = tcp_connect(host.tcp());
+        s.write_all(put("big", &value).as_bytes()).unwrap();
+        assert!(matches!(read_response(&mut s, false).0, 201 | 204), "{name}");
+        // 60 GETs in one write: 60 MB of responses if all were answered.
+        // With max-output at its default (1 MiB) the second response passes
+        // it: both arrive whole, the second says Connection: close, and the
+        // other 58 are left for the client to send again.
+        s.write_all(get("big").repeat(60).as_bytes()).unwrap();
+        let mut answered = 0;
+        loop {
+            let (status, head, body) = read_response(&mut s, false);
+            assert!(status == 200 && body.len() == value.len() && body.iter().all(|&b| b == b'v'), "{name}: {head}");
+            answered += 1;
+            if head.contains("Connection: close\r\n") {
+                break;
+            }
+            assert!(answered < 60, "{name}: all 60 answered");
+        }
+        assert_eq!(answered, 2, "{name}");
+        assert!(closed_within(&mut s, REPLY_TIMEOUT), "{name}");
+        let stats = host.stats();
+        assert_eq!((stats["traps"], stats["plugin_errors"]), (0, 0), "{name}");
+        let mut s = tcp_connect(host.tcp());
+        s.write_all(HELLO.as_bytes()).unwrap();
+        assert_eq!(read_response(&mut s, false).0, 200, "{name}");
+    }
+}

@@ -188,3 +188,25 @@ fn bare_lf_line_ends_and_empty_lines_before_a_request() {
     let r = http().feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n");
     assert_eq!((status_lines(&r), r.close), (vec!["400".to_string()], true));
 }
+
+#[test]
+fn pipelined_responses_past_max_output_end_the_read_and_close() {
+    let limits = Limits { max_output: 1000, ..DEFAULT_LIMITS };
+    let mut h = Http::new(Fake::default(), Ok(limits));
+    h.services.0.insert("v".into(), vec![b'x'; 600]);
+    let gets = b"GET /kv/v HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5);
+    // The first response fits; the second passes 1000 bytes: it is sent,
+    // says Connection: close, and the other three are not answered.
+    let r = h.feed(&gets);
+    assert_eq!((status_lines(&r), r.close), (vec!["200".to_string(), "200".to_string()], true));
+    let t = text(&r);
+    assert_eq!(t.matches("Connection: close\r\n").count(), 1);
+    assert!(t.ends_with(&"x".repeat(600)) && t[..t.len() - 600].ends_with("Connection: close\r\n\r\n"), "{t}");
+    // A response over max-output with nothing after it keeps the connection.
+    let mut h = Http::new(Fake::default(), Ok(Limits { max_output: 100, ..DEFAULT_LIMITS }));
+    h.services.0.insert("v".into(), vec![b'x'; 600]);
+    for _ in 0..2 {
+        let r = h.feed(&gets[..gets.len() / 5]);
+        assert_eq!((status_lines(&r), r.close), (vec!["200".to_string()], false));
+    }
+}
