@@ -30,6 +30,37 @@ class Fake:
     def date(self):
         return "Thu, 01 Jan 1970 00:00:00 GMT"
 
+# The cases both plugins' unit tests share (plugins/http/src/proto/tests.rs
+# has the same table): a request, then the status, whether the connection
+# closes, and the body of the (last) response.
+AGREE = [
+    (b"PUT /kv/caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+     b"GET /kv/caf%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n", 200, False, b"v"),
+    (b"GET /kv/\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid token\n"),
+    (b"GET /kv/%ff HTTP/1.1\r\nHost: x\r\n\r\n", 400, False, b"Bad Request: the key is not UTF-8 once decoded\n"),
+    (b"\r\n" * 5000 + HELLO, 431, True, b"Request Header Fields Too Large request header fields too large\n"),
+    (b"\n" * 9000, 431, True, b"Request Header Fields Too Large request header fields too large\n"),
+    (b"\r\n\n" + HELLO, 200, False, b"Hello, World!\n"),
+    (b"\rGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid new line\n"),
+    (b"GET / http/1.1\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid HTTP version\n"),
+    (b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505, True,
+     b"HTTP Version Not Supported the versions served are HTTP/1.0 and 1.1\n"),
+    (b"GET / HTTP/1.1x\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid new line\n"),
+    (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid token\n"),
+    (b"GARBAGE\r\n\r\n", 400, True, b"Bad Request malformed request: invalid token\n"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n", 400, True,
+     b"Bad Request malformed request: invalid header name\n"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400, True,
+     b"Bad Request malformed request: invalid header name\n"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n", 400, True,
+     b"Bad Request malformed request: invalid header value\n"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\rX: 1\r\n\r\n", 400, True, b"Bad Request malformed request: invalid new line\n"),
+    # Refused before the head has all arrived, as httparse does.
+    (b"\x16\x03\x01\x02\x00", 400, True, b"Bad Request malformed request: invalid token\n"),
+    (b"GET / FOO", 400, True, b"Bad Request malformed request: invalid HTTP version\n"),
+    (b"GET / HTTP/2", 505, True, b"HTTP Version Not Supported the versions served are HTTP/1.0 and 1.1\n"),
+]
+
 
 def http():
     return Http(Fake(), Limits())
@@ -170,6 +201,16 @@ class HttpTest(unittest.TestCase):
         for _ in range(2):
             out, close = h.feed(gets[:len(gets) // 5])
             self.assertEqual((statuses(out), close), (["200"], False))
+
+    def test_cases_both_plugins_agree_on(self):
+        for req, status, closes, body in AGREE:
+            out, close = http().feed(req)
+            self.assertEqual((statuses(out)[-1:], close), ([str(status)], closes), req[:80])
+            self.assertTrue(out.endswith(b"\r\n\r\n" + body), (req[:80], out))
+        # Empty lines alone are kept (they count in the head) and wait.
+        h = http()
+        self.assertEqual(h.feed(b"\r\n\r"), (b"", False))
+        self.assertEqual(statuses(h.feed(b"\n" + HELLO)[0]), ["200"])
 
 
 if __name__ == "__main__":

@@ -196,6 +196,9 @@ impl<S: Services> Http<S> {
             }
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(httparse::Error::TooManyHeaders) => return self.fail(out, 431, "too many header fields"),
+            Err(httparse::Error::Version) if !version_shaped(input) => {
+                return self.fail(out, 400, "malformed request: invalid HTTP version");
+            }
             Err(httparse::Error::Version) => return self.fail(out, 505, "the versions served are HTTP/1.0 and 1.1"),
             Err(e) => return self.fail(out, 400, &format!("malformed request: {e}")),
         };
@@ -452,6 +455,22 @@ fn reason(status: u16) -> &'static str {
         507 => "Insufficient Storage",
         _ => "Internal Server Error",
     }
+}
+
+/// Whether the version of the request line at the start of `input` (after
+/// empty lines), which httparse refused, is shaped `HTTP/d.d` (or the start
+/// of it): then it is a version not served, 505; otherwise (`http/1.1`,
+/// `FOO`) the line is malformed, 400 (RFC 9112 §2.3: HTTP-name is
+/// case-sensitive). httparse refuses a version only after a valid method and
+/// target, each followed by one space, and looks at 8 bytes of it.
+fn version_shaped(input: &[u8]) -> bool {
+    let start = input.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(input.len());
+    let Some(version) = input[start..].splitn(3, |&b| b == b' ').nth(2) else { return false };
+    version
+        .iter()
+        .take(8)
+        .zip(b"HTTP/0.0")
+        .all(|(&got, &want)| if want == b'0' { got.is_ascii_digit() } else { got == want })
 }
 
 /// `Content-Length`: ASCII digits only (no sign, no list). A number too
