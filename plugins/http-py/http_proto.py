@@ -19,6 +19,9 @@ DEFAULT_MAX_HEADER_BYTES = 8 << 10
 DEFAULT_MAX_HEADERS = 100
 # Most bytes of responses built for one read (see Limits.max_output).
 DEFAULT_MAX_OUTPUT = 1 << 20
+# Most bytes of responses and stored values one connection moves (see
+# Limits.max_moved; the Python plugin's default, under --max-memory's 64 MiB).
+DEFAULT_MAX_MOVED = 32 << 20
 # The most header fields `max-headers` may allow (as in the Rust plugin).
 MAX_HEADERS_CAP = 1000
 
@@ -62,11 +65,16 @@ class Limits:
     are not answered (the client sends them again, RFC 9112 9.3.1)."""
 
     def __init__(self, max_body=DEFAULT_MAX_BODY, max_header_bytes=DEFAULT_MAX_HEADER_BYTES,
-                 max_headers=DEFAULT_MAX_HEADERS, max_output=DEFAULT_MAX_OUTPUT):
+                 max_headers=DEFAULT_MAX_HEADERS, max_output=DEFAULT_MAX_OUTPUT, max_moved=None):
         self.max_body = max_body
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.max_output = max_output
+        # Bytes of responses and stored values over the connection's life
+        # (None: no limit): the response that passes it says Connection:
+        # close. connection.py sets it because componentize-py 0.25 never
+        # frees the bytes a plugin hands to the host (see connection.py).
+        self.max_moved = max_moved
 
 
 class KvError(Exception):
@@ -271,6 +279,8 @@ class Http:
         self.head = None
         self._date = None
         self._out_len = 0
+        # Bytes of responses and PUT bodies so far (for max_moved).
+        self._moved = 0
 
     def feed(self, data):
         """The next bytes of the stream: (bytes to write, close after them)."""
@@ -438,7 +448,12 @@ class Http:
         # Past max_output with requests still to answer: this response is the
         # last, so that one read cannot make the plugin build an output of
         # (pipelined requests x value size). Its head is not counted.
-        full = more and self._out_len + (0 if head_only else len(payload)) > self.limits.max_output
+        sent = 0 if head_only else len(payload)
+        full = more and self._out_len + sent > self.limits.max_output
+        self._moved += sent + (len(body) if head.method == b"PUT" else 0)
+        max_moved = self.limits.max_moved
+        if max_moved is not None and self._moved > max_moved:
+            full = True
         if not head.keep_alive or full:
             conn = b"close"
         elif head.say_keep_alive:

@@ -212,6 +212,16 @@ class HttpTest(unittest.TestCase):
         self.assertEqual(h.feed(b"\r\n\r"), (b"", False))
         self.assertEqual(statuses(h.feed(b"\n" + HELLO)[0]), ["200"])
 
+    def test_past_max_moved_the_response_closes(self):
+        h = Http(Fake(), Limits(max_moved=2500))
+        h.services.data["v"] = b"x" * 1000
+        get = b"GET /kv/v HTTP/1.1\r\nHost: x\r\n\r\n"
+        self.assertEqual(h.feed(get)[1], False)
+        self.assertEqual(h.feed(get)[1], False)
+        out, close = h.feed(get + get)
+        self.assertEqual((statuses(out), close), (["200"], True))
+        self.assertIn(b"Connection: close\r\n", out)
+
 
 if __name__ == "__main__":
     unittest.main()
