@@ -6,7 +6,19 @@ The same server as the Rust plugin in plugins/http: `GET /` says hello,
 `GET`/`HEAD`/`PUT`/`DELETE /kv/{key}` use bucket `default`. The protocol is
 in http_proto.py (pure Python, unit-tested); this module connects it to the
 host: the session resource, the store, the clock and the limits from
-`wasi:config` (`max-body`, `max-header-bytes`, `max-headers`).
+`wasi:config` (`max-body`, `max-header-bytes`, `max-headers`, `max-output`).
+
+`max-connection-bytes` (default 32 MiB) works around a leak in
+componentize-py 0.25.1: every `bytes` a Python plugin hands to the host (the
+`bytes` of `on_data`'s Output, the value of a wasi:keyvalue `set`) is copied
+into linear memory that is never freed (componentize-py's runtime/src/lib.rs,
+`impl Call for MyCall`, `maybe_pop_list`: `alloc::alloc` and a copy, not
+registered with `defer_deallocate`; wit-dylib's list lowering takes that
+pointer as is and defers no free for it). Nothing in Python can free it, so a
+connection's instance would trap at `--max-memory` after about 55 MB. The
+response that takes the connection's responses and stored values past the
+limit says `Connection: close` and the plugin closes: the client reconnects
+to a fresh instance instead of losing a response to a trap.
 
 componentize-py 0.25 binds the exported resource `session` of interface
 `connection` as class `Session` in a top-level module named `connection`
@@ -18,7 +30,8 @@ import time
 from wit_world.exports import connection
 from wit_world.imports import log, wasi_config_store, wasi_keyvalue_store
 
-from http_proto import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP
+from http_proto import DEFAULT_MAX_BODY, DEFAULT_MAX_MOVED, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_MAX_OUTPUT
+from http_proto import MAX_HEADERS_CAP
 from http_proto import Http, KvError, Limits
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -47,7 +60,9 @@ def _limits():
     values = []
     for name, default, most in (("max-body", DEFAULT_MAX_BODY, _HUGE),
                                 ("max-header-bytes", DEFAULT_MAX_HEADER_BYTES, _HUGE),
-                                ("max-headers", DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP)):
+                                ("max-headers", DEFAULT_MAX_HEADERS, MAX_HEADERS_CAP),
+                                ("max-output", DEFAULT_MAX_OUTPUT, _HUGE),
+                                ("max-connection-bytes", DEFAULT_MAX_MOVED, _HUGE)):
         n, error = var(name, default, most)
         if error is not None:
             return error

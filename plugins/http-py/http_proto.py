@@ -17,6 +17,11 @@ import re
 DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_MAX_HEADER_BYTES = 8 << 10
 DEFAULT_MAX_HEADERS = 100
+# Most bytes of responses built for one read (see Limits.max_output).
+DEFAULT_MAX_OUTPUT = 1 << 20
+# Most bytes of responses and stored values one connection moves (see
+# Limits.max_moved; the Python plugin's default, under --max-memory's 64 MiB).
+DEFAULT_MAX_MOVED = 32 << 20
 # The most header fields `max-headers` may allow (as in the Rust plugin).
 MAX_HEADERS_CAP = 1000
 
@@ -37,11 +42,13 @@ REASONS = {
     507: "Insufficient Storage",
 }
 
-# RFC 9110 token (method, header name) and field value (visible ASCII,
-# space, tab and obs-text), as httparse accepts them.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+\Z")
-_HEX = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# RFC 9110 token (method, header name) and request target (visible ASCII
+# and obs-text), as httparse accepts them: the longest run at a position.
+_TOKEN_RUN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
+_TARGET_RUN = re.compile(rb"[\x21-\x7e\x80-\xff]*")
+# Empty lines before a request line (RFC 9112 2.2), as httparse skips them.
+_EMPTY_LINES = re.compile(rb"(?:\r\n|\n)*")
+_HEX = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _VERSIONS = {b"HTTP/1.1": 1, b"HTTP/1.0": 0}
 # The end of a head: the first empty line.
 _BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -52,13 +59,22 @@ _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*?)
 
 
 class Limits:
-    """The limits of one request."""
+    """The limits of one request, and `max_output`: the most bytes of
+    responses built for one read. The response that passes it is the last
+    one of the read (`Connection: close`) and the pipelined requests after it
+    are not answered (the client sends them again, RFC 9112 9.3.1)."""
 
     def __init__(self, max_body=DEFAULT_MAX_BODY, max_header_bytes=DEFAULT_MAX_HEADER_BYTES,
-                 max_headers=DEFAULT_MAX_HEADERS):
+                 max_headers=DEFAULT_MAX_HEADERS, max_output=DEFAULT_MAX_OUTPUT, max_moved=None):
         self.max_body = max_body
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
+        self.max_output = max_output
+        # Bytes of responses and stored values over the connection's life
+        # (None: no limit): the response that passes it says Connection:
+        # close. connection.py sets it because componentize-py 0.25 never
+        # frees the bytes a plugin hands to the host (see connection.py).
+        self.max_moved = max_moved
 
 
 class KvError(Exception):
@@ -72,6 +88,14 @@ class _Head:
                  "expect_continue", "minor")
 
 
+# The 400 texts: httparse's error names, so that both plugins say the same.
+_BAD_TOKEN = "malformed request: invalid token"
+_BAD_NEW_LINE = "malformed request: invalid new line"
+_BAD_VERSION = "malformed request: invalid HTTP version"
+_BAD_NAME = "malformed request: invalid header name"
+_BAD_VALUE = "malformed request: invalid header value"
+
+
 class _Failed(Exception):
     """A request that cannot be served: answered `status`, then closed."""
 
@@ -79,6 +103,68 @@ class _Failed(Exception):
         super().__init__(why)
         self.status = status
         self.why = why
+
+
+def _version_error(version):
+    """A version that is not HTTP/1.0 or 1.1: 505 if it is shaped HTTP/d.d
+    (or the start of it: the rest has not arrived), 400 if it is not a
+    version at all (`http/1.1`, `FOO`): RFC 9112 2.3, HTTP-name is
+    case-sensitive."""
+    for got, want in zip(version, b"HTTP/0.0"):
+        if not (0x30 <= got <= 0x39 if want == 0x30 else got == want):
+            return _Failed(400, _BAD_VERSION)
+    return _Failed(505, "the versions served are HTTP/1.0 and 1.1")
+
+
+def _request_line(buf, s):
+    """The request line at `s`, checked byte by byte as httparse does (also
+    before it has all arrived, so that garbage is refused at once):
+    (method, target, minor, end of the line), None if it is a correct start,
+    or raises _Failed."""
+    n = len(buf)
+    e = _TOKEN_RUN.match(buf, s).end()
+    if e == n:
+        return None
+    if e == s or buf[e] != 0x20:
+        raise _Failed(400, _BAD_TOKEN)
+    u = _TARGET_RUN.match(buf, e + 1).end()
+    if u == n:
+        return None
+    if u == e + 1 or buf[u] != 0x20:
+        raise _Failed(400, _BAD_TOKEN)
+    try:
+        target = buf[e + 1:u].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Failed(400, _BAD_TOKEN) from None
+    version = buf[u + 1:u + 9]
+    if len(version) < 8:
+        if not b"HTTP/1.".startswith(version[:7]):
+            raise _version_error(version)
+        return None
+    minor = _VERSIONS.get(version)
+    if minor is None:
+        raise _version_error(version)
+    i = u + 9
+    if i < n and buf[i] == 0x0D:
+        i += 1
+        if i < n and buf[i] != 0x0A:
+            raise _Failed(400, _BAD_NEW_LINE)
+    elif i < n and buf[i] != 0x0A:
+        raise _Failed(400, _BAD_NEW_LINE)
+    if i >= n:
+        return None
+    return buf[s:e], target, minor, i + 1
+
+
+def _field_error(line):
+    """Why a header line that is not `name: value` is refused, in httparse's
+    words."""
+    if line[:1] == b"\r":
+        return _Failed(400, _BAD_NEW_LINE)
+    name_end = _TOKEN_RUN.match(line).end()
+    if name_end == 0 or line[name_end:name_end + 1] != b":":
+        return _Failed(400, _BAD_NAME)
+    return _Failed(400, _BAD_VALUE)
 
 
 def _head_end(buf, start):
@@ -89,11 +175,20 @@ def _head_end(buf, start):
     return -1 if m is None else m.end()
 
 
+# More digits than this is over any limit: answered 413 without int(),
+# which refuses strings of over 4300 digits (and is slow before that).
+_MAX_LENGTH_DIGITS = 20
+
+
 def _parse_length(value):
-    """`Content-Length`: ASCII digits only; None if not."""
+    """`Content-Length`: ASCII digits only; None if not. A number of more
+    than 20 digits is returned as 10**20 (over any limit: 413), as the Rust
+    plugin saturates it."""
     value = value.strip(b" \t")
     if not value or not value.isdigit():
         return None
+    if len(value) > _MAX_LENGTH_DIGITS:
+        return 10 ** _MAX_LENGTH_DIGITS
     return int(value)
 
 
@@ -117,17 +212,19 @@ def _origin_path(target):
 
 
 def _percent_decode(raw):
-    """`/kv/{key}`'s key: percent-decoded, and UTF-8 (keys are strings)."""
-    if _HEX.search(raw):
-        raise ValueError("a % in the key is not followed by two hex digits")
+    """`/kv/{key}`'s key: the bytes of the target (UTF-8, as sent) percent-
+    decoded, and UTF-8 (keys are strings)."""
     if "%" not in raw:
         return raw
+    raw = raw.encode()
+    if _HEX.search(raw):
+        raise ValueError("a % in the key is not followed by two hex digits")
     out = bytearray()
-    parts = raw.split("%")
-    out += parts[0].encode()
+    parts = raw.split(b"%")
+    out += parts[0]
     for part in parts[1:]:
         out.append(int(part[:2], 16))
-        out += part[2:].encode()
+        out += part[2:]
     try:
         return out.decode("utf-8")
     except UnicodeDecodeError:
@@ -181,6 +278,9 @@ class Http:
         self.buffered = 0
         self.head = None
         self._date = None
+        self._out_len = 0
+        # Bytes of responses and PUT bodies so far (for max_moved).
+        self._moved = 0
 
     def feed(self, data):
         """The next bytes of the stream: (bytes to write, close after them)."""
@@ -209,11 +309,10 @@ class Http:
 
     def _serve(self, buf, out):
         at = 0
+        # Bytes in `out` so far (for max_output).
+        self._out_len = 0
         while True:
             if self.head is None:
-                # Empty lines before a request line are ignored (RFC 9112 2.2).
-                while buf[at:at + 1] in (b"\r", b"\n"):
-                    at += 1
                 if at >= len(buf):
                     return at, False
                 try:
@@ -235,42 +334,66 @@ class Http:
             self.head = None
             body = buf[at + head.head_len:at + end]
             at += end
-            self._respond(head, body, out)
-            if not head.keep_alive:
+            if self._respond(head, body, at < len(buf), out):
                 return at, True
 
+    def _check_fields(self, lines):
+        """Header lines in order, as httparse checks them: the first bad one
+        is 400, the one past max_headers 431."""
+        most = self.limits.max_headers
+        for count, line in enumerate(lines, 1):
+            if _FIELD.match(line) is None:
+                raise _field_error(line)
+            if count > most:
+                raise _Failed(431, "too many header fields")
+
     def _parse_head(self, buf, at):
-        """The head at `at`, or None if it has not all arrived."""
+        """The head at `at`, or None if it has not all arrived. Errors are
+        found in the order httparse finds them, with its words: what is wrong
+        in the request line even before the head has all arrived; then the
+        header lines; then the size (the empty lines before the request line
+        count in it, so that they are bounded too)."""
         limits = self.limits
-        end = _head_end(buf, at)
+        n = len(buf)
+        s = _EMPTY_LINES.match(buf, at).end()
+        if s < n and buf[s] == 0x0D and s + 1 < n:
+            raise _Failed(400, _BAD_NEW_LINE)
+        end = -1 if s >= n - 1 else _head_end(buf, s)
         if end == -1:
-            if len(buf) - at > limits.max_header_bytes:
+            line = _request_line(buf, s) if s < n and buf[s] != 0x0D else None
+            if n - at > limits.max_header_bytes:
+                if line is not None:
+                    self._check_fields(buf[line[3]:].split(b"\n")[:-1])
                 raise _Failed(431, "request header fields too large")
             return None
-        head_len = end - at
-        if head_len > limits.max_header_bytes:
-            raise _Failed(431, "request header fields too large")
-        lines = buf[at:end].split(b"\n")
-        # The last two items are the blank line and the empty rest.
-        if len(lines) - 2 - 1 > limits.max_headers:
-            raise _Failed(431, "too many header fields")
+        lines = buf[s:end].split(b"\n")
         m = _REQUEST_LINE.match(lines[0])
-        if m is None:
-            parts = lines[0].rstrip(b"\r").split(b" ")
-            if len(parts) == 3 and _TOKEN.match(parts[0]) and _TARGET.match(parts[1]) \
-                    and parts[2].startswith(b"HTTP/"):
-                raise _Failed(505, "the versions served are HTTP/1.0 and 1.1")
-            raise _Failed(400, "malformed request: invalid request line")
-        method, target, minor = m.group(1, 2, 3)
-        minor = 1 if minor == b"1" else 0
+        if m is not None:
+            method, target, minor = m.group(1, 2, 3)
+            try:
+                target = target.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Failed(400, _BAD_TOKEN) from None
+            minor = 1 if minor == b"1" else 0
+        else:
+            # A whole line: this raises (or agrees with the regex after all).
+            line = _request_line(buf, s)
+            if line is None:
+                raise _Failed(400, _BAD_NEW_LINE)
+            method, target, minor, _ = line
+        # The last two items are the blank line and the empty rest.
+        fields = lines[1:-2]
+        matches = [_FIELD.match(line) for line in fields]
+        if len(fields) > limits.max_headers or None in matches:
+            self._check_fields(fields)
+        if end - at > limits.max_header_bytes:
+            raise _Failed(431, "request header fields too large")
+        head_len = end - at
         body_len = None
         chunked = close = keep_alive = False
         expect_continue = False
         hosts = 0
-        for line in lines[1:-2]:
-            f = _FIELD.match(line)
-            if f is None:
-                raise _Failed(400, "malformed request: invalid header field")
+        for f in matches:
             name, value = f.group(1, 2)
             value = value.strip(b" \t")
             name = name.lower()
@@ -303,7 +426,7 @@ class Http:
         body_len = body_len or 0
         if body_len > limits.max_body:
             raise _Failed(413, "the body is over %d bytes (max-body)" % limits.max_body)
-        path = _origin_path(target.decode("latin-1"))
+        path = _origin_path(target)
         if path is None:
             raise _Failed(400, "the request target is not a path")
         head = _Head()
@@ -317,15 +440,30 @@ class Http:
         head.minor = minor
         return head
 
-    def _respond(self, head, body, out):
-        if not head.keep_alive:
+    def _respond(self, head, body, more, out):
+        """Route a complete request and add its response; True if the
+        connection closes after it. `more`: bytes of the read follow it."""
+        status, headers, payload = self._route(head, body)
+        head_only = head.method == b"HEAD"
+        # Past max_output with requests still to answer: this response is the
+        # last, so that one read cannot make the plugin build an output of
+        # (pipelined requests x value size). Its head is not counted.
+        sent = 0 if head_only else len(payload)
+        full = more and self._out_len + sent > self.limits.max_output
+        self._moved += sent + (len(body) if head.method == b"PUT" else 0)
+        max_moved = self.limits.max_moved
+        if max_moved is not None and self._moved > max_moved:
+            full = True
+        if not head.keep_alive or full:
             conn = b"close"
         elif head.say_keep_alive:
             conn = b"keep-alive"
         else:
             conn = None
-        status, headers, payload = self._route(head, body)
-        out.append(_response(status, self._date_now(), headers, payload, head.method == b"HEAD", conn))
+        response = _response(status, self._date_now(), headers, payload, head_only, conn)
+        self._out_len += len(response)
+        out.append(response)
+        return conn == b"close"
 
     def _route(self, head, body):
         if self.config_error is not None:

@@ -30,6 +30,37 @@ class Fake:
     def date(self):
         return "Thu, 01 Jan 1970 00:00:00 GMT"
 
+# The cases both plugins' unit tests share (plugins/http/src/proto/tests.rs
+# has the same table): a request, then the status, whether the connection
+# closes, and the body of the (last) response.
+AGREE = [
+    (b"PUT /kv/caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+     b"GET /kv/caf%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n", 200, False, b"v"),
+    (b"GET /kv/\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid token\n"),
+    (b"GET /kv/%ff HTTP/1.1\r\nHost: x\r\n\r\n", 400, False, b"Bad Request: the key is not UTF-8 once decoded\n"),
+    (b"\r\n" * 5000 + HELLO, 431, True, b"Request Header Fields Too Large request header fields too large\n"),
+    (b"\n" * 9000, 431, True, b"Request Header Fields Too Large request header fields too large\n"),
+    (b"\r\n\n" + HELLO, 200, False, b"Hello, World!\n"),
+    (b"\rGET / HTTP/1.1\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid new line\n"),
+    (b"GET / http/1.1\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid HTTP version\n"),
+    (b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505, True,
+     b"HTTP Version Not Supported the versions served are HTTP/1.0 and 1.1\n"),
+    (b"GET / HTTP/1.1x\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid new line\n"),
+    (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400, True, b"Bad Request malformed request: invalid token\n"),
+    (b"GARBAGE\r\n\r\n", 400, True, b"Bad Request malformed request: invalid token\n"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n", 400, True,
+     b"Bad Request malformed request: invalid header name\n"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400, True,
+     b"Bad Request malformed request: invalid header name\n"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n", 400, True,
+     b"Bad Request malformed request: invalid header value\n"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\rX: 1\r\n\r\n", 400, True, b"Bad Request malformed request: invalid new line\n"),
+    # Refused before the head has all arrived, as httparse does.
+    (b"\x16\x03\x01\x02\x00", 400, True, b"Bad Request malformed request: invalid token\n"),
+    (b"GET / FOO", 400, True, b"Bad Request malformed request: invalid HTTP version\n"),
+    (b"GET / HTTP/2", 505, True, b"HTTP Version Not Supported the versions served are HTTP/1.0 and 1.1\n"),
+]
+
 
 def http():
     return Http(Fake(), Limits())
@@ -92,6 +123,7 @@ class HttpTest(unittest.TestCase):
             (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505"),
             (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n", "413"),
             (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", "413"),
+            (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", "413"),
             (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nExpect: something\r\n\r\n", "417"),
             (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
         ]:
@@ -152,6 +184,43 @@ class HttpTest(unittest.TestCase):
         self.assertEqual((statuses(out), close), (["505"], True))
         out, close = http().feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
         self.assertEqual((statuses(out), close), (["400"], True))
+
+    def test_pipelined_responses_past_max_output_end_the_read_and_close(self):
+        h = Http(Fake(), Limits(max_output=1000))
+        h.services.data["v"] = b"x" * 600
+        gets = b"GET /kv/v HTTP/1.1\r\nHost: x\r\n\r\n" * 5
+        # The first response fits; the second passes 1000 bytes: it is sent,
+        # says Connection: close, and the other three are not answered.
+        out, close = h.feed(gets)
+        self.assertEqual((statuses(out), close), (["200", "200"], True))
+        self.assertEqual(out.count(b"Connection: close\r\n"), 1)
+        self.assertTrue(out.endswith(b"Connection: close\r\n\r\n" + b"x" * 600), out)
+        # A response over max_output with nothing after it keeps the connection.
+        h = Http(Fake(), Limits(max_output=100))
+        h.services.data["v"] = b"x" * 600
+        for _ in range(2):
+            out, close = h.feed(gets[:len(gets) // 5])
+            self.assertEqual((statuses(out), close), (["200"], False))
+
+    def test_cases_both_plugins_agree_on(self):
+        for req, status, closes, body in AGREE:
+            out, close = http().feed(req)
+            self.assertEqual((statuses(out)[-1:], close), ([str(status)], closes), req[:80])
+            self.assertTrue(out.endswith(b"\r\n\r\n" + body), (req[:80], out))
+        # Empty lines alone are kept (they count in the head) and wait.
+        h = http()
+        self.assertEqual(h.feed(b"\r\n\r"), (b"", False))
+        self.assertEqual(statuses(h.feed(b"\n" + HELLO)[0]), ["200"])
+
+    def test_past_max_moved_the_response_closes(self):
+        h = Http(Fake(), Limits(max_moved=2500))
+        h.services.data["v"] = b"x" * 1000
+        get = b"GET /kv/v HTTP/1.1\r\nHost: x\r\n\r\n"
+        self.assertEqual(h.feed(get)[1], False)
+        self.assertEqual(h.feed(get)[1], False)
+        out, close = h.feed(get + get)
+        self.assertEqual((statuses(out), close), (["200"], True))
+        self.assertIn(b"Connection: close\r\n", out)
 
 
 if __name__ == "__main__":

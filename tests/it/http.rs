@@ -289,3 +289,69 @@ fn hostile_peers_cost_their_connection_and_bounded_memory() {
         assert_eq!(read_response(&mut s, false).0, 200, "{name}");
     }
 }
+
+#[test]
+fn pipelined_gets_of_a_large_value_get_the_responses_that_fit_then_a_close() {
+    for name in PLUGINS {
+        let host = serve(name, &["--max-reply", "2MiB"]);
+        let value = "v".repeat(1_000_000);
+        let mut s = tcp_connect(host.tcp());
+        s.write_all(put("big", &value).as_bytes()).unwrap();
+        assert!(matches!(read_response(&mut s, false).0, 201 | 204), "{name}");
+        // 60 GETs in one write: 60 MB of responses if all were answered.
+        // With max-output at its default (1 MiB) the second response passes
+        // it: both arrive whole, the second says Connection: close, and the
+        // other 58 are left for the client to send again.
+        s.write_all(get("big").repeat(60).as_bytes()).unwrap();
+        let mut answered = 0;
+        loop {
+            let (status, head, body) = read_response(&mut s, false);
+            assert!(status == 200 && body.len() == value.len() && body.iter().all(|&b| b == b'v'), "{name}: {head}");
+            answered += 1;
+            if head.contains("Connection: close\r\n") {
+                break;
+            }
+            assert!(answered < 60, "{name}: all 60 answered");
+        }
+        assert_eq!(answered, 2, "{name}");
+        assert!(closed_within(&mut s, REPLY_TIMEOUT), "{name}");
+        let stats = host.stats();
+        assert_eq!((stats["traps"], stats["plugin_errors"]), (0, 0), "{name}");
+        let mut s = tcp_connect(host.tcp());
+        s.write_all(HELLO.as_bytes()).unwrap();
+        assert_eq!(read_response(&mut s, false).0, 200, "{name}");
+    }
+}
+
+/// componentize-py 0.25.1 never frees the bytes a Python plugin hands to the
+/// host (the responses, the values it stores): http-py closes a connection
+/// after `max-connection-bytes` (32 MiB) of them, with `Connection: close`,
+/// before its instance would trap at `--max-memory`. 1,000 GETs of 100 KB
+/// (100 MB) and 600 PUTs of 100 KB, one after another: every one answered
+/// (on a new connection after a close), no trap.
+#[test]
+fn a_connection_moving_100_mb_through_the_store_is_served_whole() {
+    for name in PLUGINS {
+        let host = serve(name, &[]);
+        let value = "w".repeat(100_000);
+        let mut s = tcp_connect(host.tcp());
+        let mut closes = 0;
+        for i in 0..1600 {
+            let (request, want) = if i < 600 { (put("v100k", &value), 201) } else { (get("v100k"), 200) };
+            s.write_all(request.as_bytes()).unwrap();
+            let (status, head, body) = read_response(&mut s, false);
+            assert!(status == want || (want == 201 && status == 204), "{name}: request {i}: {head}");
+            assert!(want == 201 || body == value.as_bytes(), "{name}: request {i}");
+            if head.contains("Connection: close\r\n") {
+                closes += 1;
+                assert!(closed_within(&mut s, REPLY_TIMEOUT), "{name}");
+                s = tcp_connect(host.tcp());
+            }
+        }
+        let stats = host.stats();
+        assert_eq!((stats["traps"], stats["plugin_errors"]), (0, 0), "{name}");
+        // 160 MB moved: http-py closes every 32 MiB, http-rs never.
+        let expected = if name == "http-py" { 4..=6 } else { 0..=0 };
+        assert!(expected.contains(&closes), "{name}: {closes} closes");
+    }
+}

@@ -14,6 +14,7 @@
 //! | `max-body` | 1048576 | largest request body, bytes (413 above) |
 //! | `max-header-bytes` | 8192 | largest request head, bytes (431 above) |
 //! | `max-headers` | 100 | most header fields (431 above); at most 1000 |
+//! | `max-output` | 1048576 | bytes of responses to one read after which the rest of its pipelined requests is left unanswered and the connection closed |
 //!
 //! A value that is not a positive integer (or over the cap) is reported:
 //! every request of the connection is answered 500 naming it.
@@ -67,6 +68,7 @@ fn limits() -> Result<Limits, String> {
         max_body: var("max-body", DEFAULT_LIMITS.max_body, usize::MAX / 2)?,
         max_header_bytes: var("max-header-bytes", DEFAULT_LIMITS.max_header_bytes, usize::MAX / 2)?,
         max_headers: var("max-headers", DEFAULT_LIMITS.max_headers, MAX_HEADERS_CAP)?,
+        max_output: var("max-output", DEFAULT_LIMITS.max_output, usize::MAX / 2)?,
     })
 }
 

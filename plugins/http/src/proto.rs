@@ -21,11 +21,18 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most header fields in a request; more is 431.
     pub max_headers: usize,
+    /// Most bytes of responses built for one read: the response that
+    /// passes it is the last one of the read (`Connection: close`), and the
+    /// pipelined requests after it are not answered (the client sends them
+    /// again on a new connection, RFC 9112 §9.3.1).
+    pub max_output: usize,
 }
 
 /// The defaults: 1 MiB of body (the host's default `--kv-max-value`), 8 KiB
-/// of head (nginx's `large_client_header_buffers` line size) and 100 headers.
-pub const DEFAULT_LIMITS: Limits = Limits { max_body: 1 << 20, max_header_bytes: 8 << 10, max_headers: 100 };
+/// of head (nginx's `large_client_header_buffers` line size), 100 headers,
+/// and 1 MiB of responses per read (the host's default `--max-reply`).
+pub const DEFAULT_LIMITS: Limits =
+    Limits { max_body: 1 << 20, max_header_bytes: 8 << 10, max_headers: 100, max_output: 1 << 20 };
 
 /// The most header fields `max-headers` may allow: the parser's slots are
 /// allocated per request.
@@ -159,8 +166,8 @@ impl<S: Services> Http<S> {
             let Some(head) = self.head.take() else { return (at, false) };
             let body = &rest[head.head_len..end];
             at += end;
-            self.respond(&head, body, out);
-            if !head.keep_alive {
+            let more = at < input.len();
+            if self.respond(&head, body, more, out) {
                 return (at, true);
             }
         }
@@ -189,6 +196,9 @@ impl<S: Services> Http<S> {
             }
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(httparse::Error::TooManyHeaders) => return self.fail(out, 431, "too many header fields"),
+            Err(httparse::Error::Version) if !version_shaped(input) => {
+                return self.fail(out, 400, "malformed request: invalid HTTP version");
+            }
             Err(httparse::Error::Version) => return self.fail(out, 505, "the versions served are HTTP/1.0 and 1.1"),
             Err(e) => return self.fail(out, 400, &format!("malformed request: {e}")),
         };
@@ -273,16 +283,24 @@ impl<S: Services> Http<S> {
         self.date.clone().unwrap_or_default()
     }
 
-    /// Route a complete request and write its response.
-    fn respond(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) {
-        let conn = match (head.keep_alive, head.say_keep_alive) {
+    /// Route a complete request and write its response; returns whether
+    /// the connection closes after it. `more`: bytes of the read follow it.
+    fn respond(&mut self, head: &Head, body: &[u8], more: bool, out: &mut Vec<u8>) -> bool {
+        let (status, headers, payload) = self.route(head, body);
+        let head_only = head.method == Method::Head;
+        // Past max-output with requests still to answer: this response is
+        // the last, so that one read cannot make the plugin build an output
+        // of (pipelined requests x value size). Its head is not counted.
+        let sent = if head_only { 0 } else { payload.len() };
+        let full = more && out.len().saturating_add(sent) > self.limits.max_output;
+        let conn = match (head.keep_alive && !full, head.say_keep_alive) {
             (false, _) => Conn::Close,
             (true, true) => Conn::KeepAlive,
             (true, false) => Conn::Default,
         };
-        let (status, headers, payload) = self.route(head, body);
         let date = self.date();
-        write_response(out, &date, status, headers, &payload, head.method == Method::Head, conn);
+        write_response(out, &date, status, headers, &payload, head_only, conn);
+        conn == Conn::Close
     }
 
     fn route(&mut self, head: &Head, body: &[u8]) -> Routed {
@@ -437,6 +455,22 @@ fn reason(status: u16) -> &'static str {
         507 => "Insufficient Storage",
         _ => "Internal Server Error",
     }
+}
+
+/// Whether the version of the request line at the start of `input` (after
+/// empty lines), which httparse refused, is shaped `HTTP/d.d` (or the start
+/// of it): then it is a version not served, 505; otherwise (`http/1.1`,
+/// `FOO`) the line is malformed, 400 (RFC 9112 §2.3: HTTP-name is
+/// case-sensitive). httparse refuses a version only after a valid method and
+/// target, each followed by one space, and looks at 8 bytes of it.
+fn version_shaped(input: &[u8]) -> bool {
+    let start = input.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(input.len());
+    let Some(version) = input[start..].splitn(3, |&b| b == b' ').nth(2) else { return false };
+    version
+        .iter()
+        .take(8)
+        .zip(b"HTTP/0.0")
+        .all(|(&got, &want)| if want == b'0' { got.is_ascii_digit() } else { got == want })
 }
 
 /// `Content-Length`: ASCII digits only (no sign, no list). A number too

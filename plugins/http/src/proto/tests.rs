@@ -121,6 +121,11 @@ fn errors_close() {
         assert_eq!(status_lines(&r), [status], "{}", String::from_utf8_lossy(req));
         assert!(r.close && text(&r).contains("Connection: close\r\n"));
     }
+    // A Content-Length of 5000 digits is too large, not malformed (the
+    // Python plugin once trapped on it in int()).
+    let huge = format!("PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", "9".repeat(5000));
+    let r = http().feed(huge.as_bytes());
+    assert_eq!((status_lines(&r), r.close), (vec!["413".to_string()], true));
 }
 
 #[test]
@@ -182,4 +187,66 @@ fn bare_lf_line_ends_and_empty_lines_before_a_request() {
     assert_eq!((status_lines(&r), r.close), (vec!["505".to_string()], true));
     let r = http().feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n");
     assert_eq!((status_lines(&r), r.close), (vec!["400".to_string()], true));
+}
+
+#[test]
+fn pipelined_responses_past_max_output_end_the_read_and_close() {
+    let limits = Limits { max_output: 1000, ..DEFAULT_LIMITS };
+    let mut h = Http::new(Fake::default(), Ok(limits));
+    h.services.0.insert("v".into(), vec![b'x'; 600]);
+    let gets = b"GET /kv/v HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5);
+    // The first response fits; the second passes 1000 bytes: it is sent,
+    // says Connection: close, and the other three are not answered.
+    let r = h.feed(&gets);
+    assert_eq!((status_lines(&r), r.close), (vec!["200".to_string(), "200".to_string()], true));
+    let t = text(&r);
+    assert_eq!(t.matches("Connection: close\r\n").count(), 1);
+    assert!(t.ends_with(&"x".repeat(600)) && t[..t.len() - 600].ends_with("Connection: close\r\n\r\n"), "{t}");
+    // A response over max-output with nothing after it keeps the connection.
+    let mut h = Http::new(Fake::default(), Ok(Limits { max_output: 100, ..DEFAULT_LIMITS }));
+    h.services.0.insert("v".into(), vec![b'x'; 600]);
+    for _ in 0..2 {
+        let r = h.feed(&gets[..gets.len() / 5]);
+        assert_eq!((status_lines(&r), r.close), (vec!["200".to_string()], false));
+    }
+}
+
+/// The cases both plugins' unit tests share (`AGREE` in
+/// plugins/http-py/test_http_proto.py): a request, then the status, whether
+/// the connection closes, and the body of the (last) response.
+#[test]
+fn cases_both_plugins_agree_on() {
+    let cases: Vec<(Vec<u8>, &str, bool, &[u8])> = vec![
+        (b"PUT /kv/caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nvGET /kv/caf%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "200", false, &b"v"[..]),
+        (b"GET /kv/\xff HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid token\n"[..]),
+        (b"GET /kv/%ff HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "400", false, &b"Bad Request: the key is not UTF-8 once decoded\n"[..]),
+        ([b"\r\n".repeat(5000), HELLO.to_vec()].concat(), "431", true, &b"Request Header Fields Too Large request header fields too large\n"[..]),
+        (b"\n".repeat(9000), "431", true, &b"Request Header Fields Too Large request header fields too large\n"[..]),
+        ([b"\r\n\n".to_vec(), HELLO.to_vec()].concat(), "200", false, &b"Hello, World!\n"[..]),
+        (b"\rGET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid new line\n"[..]),
+        (b"GET / http/1.1\r\nHost: x\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid HTTP version\n"[..]),
+        (b"GET / HTTP/1.2\r\nHost: x\r\n\r\n".to_vec(), "505", true, &b"HTTP Version Not Supported the versions served are HTTP/1.0 and 1.1\n"[..]),
+        (b"GET / HTTP/1.1x\r\nHost: x\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid new line\n"[..]),
+        (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid token\n"[..]),
+        (b"GARBAGE\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid token\n"[..]),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid header name\n"[..]),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid header name\n"[..]),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid header value\n"[..]),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\rX: 1\r\n\r\n".to_vec(), "400", true, &b"Bad Request malformed request: invalid new line\n"[..]),
+        // Refused before the head has all arrived, as httparse does.
+        (b"\x16\x03\x01\x02\x00".to_vec(), "400", true, &b"Bad Request malformed request: invalid token\n"[..]),
+        (b"GET / FOO".to_vec(), "400", true, &b"Bad Request malformed request: invalid HTTP version\n"[..]),
+        (b"GET / HTTP/2".to_vec(), "505", true, &b"HTTP Version Not Supported the versions served are HTTP/1.0 and 1.1\n"[..]),
+    ];
+    for (req, status, closes, body) in cases {
+        let r = http().feed(&req);
+        let shown = String::from_utf8_lossy(&req[..req.len().min(80)]).into_owned();
+        assert_eq!((status_lines(&r).last().cloned(), r.close), (Some(status.to_string()), closes), "{shown:?}");
+        assert!(r.bytes.ends_with(&[&b"\r\n\r\n"[..], body].concat()), "{shown:?}: {}", text(&r));
+    }
+    // Empty lines alone are kept (they count in the head) and wait.
+    let mut h = http();
+    let r = h.feed(b"\r\n\r");
+    assert!(r.bytes.is_empty() && !r.close);
+    assert_eq!(status_lines(&h.feed(&[b"\n", HELLO].concat())), ["200"]);
 }
