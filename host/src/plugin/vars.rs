@@ -32,7 +32,19 @@ pub(crate) async fn read_files(files: Vec<(String, PathBuf)>) -> Result<Vec<(Str
 
 fn read_file(path: &Path) -> Result<String, String> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it would hold
+    // the start, or every later reload, forever); what is not a regular
+    // file is then refused.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
     let mut bytes = Vec::new();
     file.take(MAX_VAR_FILE + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > MAX_VAR_FILE {
@@ -52,6 +64,19 @@ pub(crate) fn with_files(vars: &[(String, String)], files: Vec<(String, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_read_and_a_fifo_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("zone.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert_eq!(read_file(&fifo).unwrap_err(), "not a regular file");
+        assert_eq!(read_file(dir.path()).unwrap_err(), "not a regular file");
+        assert_eq!(read_file(Path::new("/dev/zero")).unwrap_err(), "not a regular file");
+        let file = dir.path().join("zone");
+        std::fs::write(&file, "text").unwrap();
+        assert_eq!(read_file(&file).unwrap(), "text");
+    }
 
     #[test]
     fn file_values_join_the_vars_sorted() {
