@@ -31,9 +31,11 @@ pub mod rcode {
 /// The UDP payload size a client gets without EDNS (RFC 1035).
 pub const UDP_PLAIN: usize = 512;
 /// The largest UDP payload sent whatever the client advertises: larger
-/// datagrams fragment, and fragments get lost (DNS Flag Day 2020 advises
-/// even less; the client chooses within these bounds).
-pub const UDP_MAX: usize = 4096;
+/// datagrams fragment, fragments get lost, and a big answer to a small
+/// spoofed query is an amplifier. 1232 as DNS Flag Day 2020 advises and
+/// NSD does (`ipv4-edns-size`); a longer answer is truncated and the
+/// client asks again over TCP.
+pub const UDP_MAX: usize = 1232;
 /// The UDP payload size this server advertises in its OPT record.
 pub const ADVERTISED_UDP: u16 = 1232;
 /// How many CNAMEs a chain may have within a zone before the answer stops.
@@ -72,7 +74,8 @@ pub fn respond(zones: &Zones, msg: &[u8], tcp: bool) -> Option<Vec<u8>> {
         (CLASS_IN, TYPE_AXFR | TYPE_IXFR) => rcode::REFUSED,
         (CLASS_IN, _) => match zones.find(q.name(), q.starts()) {
             Some((zone, apex_at)) => {
-                let mut lookup = Lookup { zone, q: &q, apex_at, authoritative: true };
+                let mut lookup =
+                    Lookup { zone, q: &q, apex_at, authoritative: true, chain: [std::ptr::null(); MAX_CHAIN] };
                 let rcode = lookup.answer(&mut w);
                 return Some(w.finish(rcode, lookup.authoritative));
             }
@@ -91,6 +94,8 @@ struct Lookup<'a> {
     apex_at: usize,
     /// AA: cleared for a referral.
     authoritative: bool,
+    /// The nodes a CNAME chain has answered from, to stop at a loop.
+    chain: [*const Node; MAX_CHAIN],
 }
 
 impl Lookup<'_> {
@@ -131,6 +136,12 @@ impl Lookup<'_> {
     /// Answer from `node`, whose records are written with owner `owner`;
     /// `name` is its name (lower-cased wire), `chain` the CNAMEs so far.
     fn answer_node(&mut self, w: &mut Writer, node: &Node, owner: Owner, name: &[u8], chain: usize) -> u16 {
+        // A CNAME loop (a -> b -> a) ends where it comes back: its records
+        // are written once (chain < MAX_CHAIN: the caller stops before).
+        if self.chain[..chain].contains(&std::ptr::from_ref(node)) {
+            return rcode::NOERROR;
+        }
+        self.chain[chain] = node;
         let qtype = self.q.qtype;
         if qtype == TYPE_ANY && !node.sets.is_empty() {
             // RFC 8482: one record set, not all (as NSD does): the SOA at
@@ -214,8 +225,10 @@ impl Lookup<'_> {
         let mut targets = Targets::default();
         if w.records(ns, Owner::At(12 + at), Section::Authority, Some(&mut targets)) {
             // Glue is needed to follow the referral: without room for it
-            // the client must retry over TCP (RFC 9471).
+            // the client must retry over TCP (RFC 9471). So is the glue of
+            // targets past the ones collected: say so.
             self.glue(w, targets.list(), true);
+            w.truncated |= targets.overflowed();
         }
         rcode::NOERROR
     }
@@ -228,6 +241,11 @@ impl Lookup<'_> {
             let mut lower = [0u8; query::MAX_NAME];
             let target = lower_into(&w.buf[at..], &mut lower);
             if !zone::is_at_or_below(target, &self.zone.apex) {
+                continue;
+            }
+            // Optional addresses are only this zone's own: not the
+            // delegated child's, below a cut (a referral's glue is).
+            if !required && self.zone.has_cuts && self.below_cut(target) {
                 continue;
             }
             let Some(node) = self.zone.node(target) else { continue };

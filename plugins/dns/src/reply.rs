@@ -80,17 +80,29 @@ pub enum Section {
 }
 
 /// Where the target names of the NS, MX or CNAME records just written are
-/// in the message (the first 16), to point at them and look them up.
-#[derive(Default)]
+/// in the message (the first 64), to point at them and look them up.
 pub struct Targets {
-    list: [usize; 16],
+    list: [usize; 64],
     len: usize,
+    /// More targets were written than collected.
+    overflowed: bool,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets { list: [0; 64], len: 0, overflowed: false }
+    }
 }
 
 impl Targets {
     /// The offsets collected.
     pub fn list(&self) -> &[usize] {
         &self.list[..self.len]
+    }
+
+    /// Whether some targets were not collected.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
     }
 }
 
@@ -134,11 +146,13 @@ impl Writer {
                 TYPE_MX => Some(rdata_at + 2),
                 _ => None,
             };
-            if let (Some(t), Some(targets)) = (target, targets.as_deref_mut())
-                && targets.len < targets.list.len()
-            {
-                targets.list[targets.len] = t;
-                targets.len += 1;
+            if let (Some(t), Some(targets)) = (target, targets.as_deref_mut()) {
+                if targets.len < targets.list.len() {
+                    targets.list[targets.len] = t;
+                    targets.len += 1;
+                } else {
+                    targets.overflowed = true;
+                }
             }
         }
         if self.buf.len() > self.limit {
