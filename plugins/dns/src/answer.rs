@@ -35,8 +35,9 @@ pub const UDP_PLAIN: usize = 512;
 /// spoofed query is an amplifier. 1232 as DNS Flag Day 2020 advises and
 /// NSD does (`ipv4-edns-size`); a longer answer is truncated and the
 /// client asks again over TCP.
-pub const UDP_MAX: usize = 1232;
-/// The UDP payload size this server advertises in its OPT record.
+pub const UDP_MAX: usize = ADVERTISED_UDP as usize;
+/// The UDP payload size this server advertises in its OPT record: what it
+/// sends at most, so the client's resolver sizes its buffers to match.
 pub const ADVERTISED_UDP: u16 = 1232;
 /// How many CNAMEs a chain may have within a zone before the answer stops.
 const MAX_CHAIN: usize = 8;
