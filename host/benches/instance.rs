@@ -4,6 +4,9 @@
 //! - `fresh`: a new store + instance, one call of `handle`, drop: what every
 //!   request costs in the default mode.
 //! - `reused`: one call on an instance kept across calls (`--instance-reuse`).
+//!   Both for the Rust plugins and for the Python and JavaScript echoes
+//!   (`echo-py`, `echo-js`): issue 15's "fresh instantiate + call + drop"
+//!   row per language.
 //! - `init-probe/fresh, ...`: a fresh instance of a plugin whose
 //!   `wizer-initialize` built its state at load (none, or 4 MiB), and of
 //!   the same plugin when its init did nothing and each request builds
@@ -54,7 +57,9 @@ fn bench(c: &mut Criterion) {
         names: None,
     };
 
-    for name in ["echo", "upper"] {
+    // Rust (echo, upper), then the Python and JavaScript echo-equivalents:
+    // an 18 MB componentize-py and a 12 MB componentize-js component.
+    for name in ["echo", "upper", "echo-py", "echo-js"] {
         let plugin = rt.block_on(loader.load(&plugin_path(name), &limits)).unwrap();
         c.bench_function(&format!("{name}/fresh: instantiate + call + drop"), |b| {
             b.iter(|| {
