@@ -77,7 +77,7 @@ impl Options {
 }
 
 /// `--instance-reuse` of the reusing host: in effect, never replace an instance.
-const REUSE: u64 = 1_000_000;
+pub(crate) const REUSE: u64 = 1_000_000;
 /// Connections held open for the memory row.
 const IDLE_CONNS: usize = 10_000;
 /// `--max-instances` of the hosts with an instance per connection: room for

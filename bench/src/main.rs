@@ -10,6 +10,9 @@
 //!   on the embedded store and on Redis against the echo plugin, with the
 //!   issue's goals and a check of the counter against the replies;
 //!   `--kv-only` runs that section alone.
+//! - `bench languages` serves an echo-equivalent plugin in each language
+//!   (Rust, C, Python, JavaScript) with fresh and with reused instances,
+//!   loads each like the native baseline, and prints a markdown table.
 //! - `bench startup` times the host from spawn to first reply per plugin,
 //!   with a cold and a warm compile cache.
 //! - `bench reload` times hot reloads from the rename of a new version to
@@ -23,6 +26,7 @@
 
 mod compare;
 mod kv;
+mod languages;
 mod load;
 mod native;
 mod per_plugin;
@@ -61,6 +65,9 @@ enum Command {
     /// Start the baseline and the host, load both, print a markdown table
     /// (with --kv, also the key-value store against the echo plugin).
     Compare(CompareArgs),
+    /// Serve an echo in each plugin language, fresh and reused, load each
+    /// like the native baseline, print a markdown table.
+    Languages(LanguagesArgs),
     /// Time the host's start to its first UDP reply per plugin, cold and warm.
     Startup(StartupArgs),
     /// Time hot reloads from the rename of a new version to its first reply.
@@ -196,6 +203,43 @@ struct CompareArgs {
 }
 
 #[derive(Debug, Args)]
+struct LanguagesArgs {
+    /// The host binary.
+    #[arg(long, value_name = "PATH", default_value = "target/release/host")]
+    host: PathBuf,
+    /// The Rust plugin: an echo.
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/echo.wasm")]
+    rust_plugin: PathBuf,
+    /// The C plugin: replies with the payload ROT13-encoded.
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/rot13.wasm")]
+    c_plugin: PathBuf,
+    /// The Python plugin: an echo (componentize-py).
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/echo-py.wasm")]
+    python_plugin: PathBuf,
+    /// The JavaScript plugin: an echo (componentize-js).
+    #[arg(long, value_name = "PATH", default_value = "target/plugins/echo-js.wasm")]
+    js_plugin: PathBuf,
+    /// Rounds of the load against every server; the table shows medians.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// How long each load is measured.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before each measurement.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Worker threads of each server, the baseline and the hosts alike [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+    /// Worker threads of the load generator.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    load_workers: u16,
+    /// A smoke test: one round of 0.5 s loads.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Debug, Args)]
 struct StartupArgs {
     /// The host binary.
     #[arg(long, value_name = "PATH", default_value = "target/release/host")]
@@ -284,6 +328,7 @@ fn main() -> ExitCode {
         Command::Native(args) => native_command(args),
         Command::Load(args) => load_command(args),
         Command::Compare(args) => compare_command(args),
+        Command::Languages(args) => languages_command(args),
         Command::Startup(args) => startup_command(args),
         Command::Reload(args) => reload_command(args),
         Command::Protocols(args) => protocols_command(args),
@@ -367,6 +412,25 @@ fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
     // 1,024, here and in the servers, which inherit the raised limit.
     sys::raise_nofile_limit();
     until_interrupted(runtime(options.load_workers)?, compare::run(&options))
+}
+
+fn languages_command(args: LanguagesArgs) -> anyhow::Result<()> {
+    let (rounds, duration, warmup) = if args.quick {
+        (1, Duration::from_millis(500), Duration::from_millis(250))
+    } else {
+        (args.rounds, args.duration, args.warmup)
+    };
+    let options = languages::Options {
+        host: args.host,
+        // In languages::Language::ALL order.
+        plugins: [args.rust_plugin, args.c_plugin, args.python_plugin, args.js_plugin],
+        rounds,
+        duration,
+        warmup,
+        workers: args.workers.map_or_else(host::default_workers, usize::from),
+        load_workers: args.load_workers.into(),
+    };
+    until_interrupted(runtime(options.load_workers)?, languages::run(&options))
 }
 
 fn startup_command(args: StartupArgs) -> anyhow::Result<()> {

@@ -132,7 +132,7 @@ fn median_cell(times: &Result<Vec<Duration>, String>, scale: f64) -> String {
 }
 
 /// A file size in decimal units, as `ls -h --si` and the README say it.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     match bytes as f64 {
         b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
         b => format!("{:.0} kB", b / 1e3),

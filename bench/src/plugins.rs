@@ -15,8 +15,8 @@ pub fn name(path: &Path) -> String {
 pub fn language(name: &str) -> &'static str {
     match name {
         "echo" | "upper" | "hello" | "hostile" => "Rust",
-        "json-summary" => "Python",
-        "reverse" => "JavaScript",
+        "json-summary" | "echo-py" => "Python",
+        "reverse" | "echo-js" => "JavaScript",
         "rot13" => "C",
         _ => "?",
     }

@@ -147,6 +147,34 @@ fn c_rot13() {
     );
 }
 
+/// The echo plugin in Python, the echo-equivalent `bench languages` measures.
+#[test]
+fn python_echo() {
+    serves(
+        "echo-py",
+        &[
+            (b"hello", Reply(b"hello")),
+            ("héllo wörld ✓".as_bytes(), Reply("héllo wörld ✓".as_bytes())),
+            (b"\x00\x01\xff\xfe binary\n", Reply(b"\x00\x01\xff\xfe binary\n")),
+            (b"", Reply(b"")),
+        ],
+    );
+}
+
+/// The echo plugin in JavaScript, the echo-equivalent `bench languages` measures.
+#[test]
+fn javascript_echo() {
+    serves(
+        "echo-js",
+        &[
+            (b"hello", Reply(b"hello")),
+            ("héllo wörld ✓".as_bytes(), Reply("héllo wörld ✓".as_bytes())),
+            (b"\x00\x01\xff\xfe binary\n", Reply(b"\x00\x01\xff\xfe binary\n")),
+            (b"", Reply(b"")),
+        ],
+    );
+}
+
 #[test]
 fn a_missing_import_is_named_in_one_line() {
     // A component that needs wasi:http, which the host does not provide.
