@@ -77,7 +77,7 @@ macro_rules! counters {
         /// copy of the CPU the caller runs on.
         #[derive(Debug, Default)]
         pub struct Counters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[$doc])* pub $name: Counter,)*
         }
 
         /// A copy of [`Stats`] at one moment.
@@ -106,7 +106,7 @@ macro_rules! counters {
             pub fn snapshot(&self) -> Snapshot {
                 let mut total = Snapshot::default();
                 for c in self.0.all() {
-                    $(total.$name += c.$name.load(Relaxed);)*
+                    $(total.$name += c.$name.0.load(Relaxed);)*
                 }
                 total
             }
@@ -200,8 +200,22 @@ impl std::ops::Deref for Stats {
 impl Stats {
     /// Add one to `counter`.
     #[inline]
-    pub fn incr(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub fn incr(counter: &Counter) {
+        counter.add(1);
+    }
+}
+
+/// One CPU's copy of a count: it can only be added to. Reading it alone
+/// would give a part of the count, so only [`Stats::snapshot`] reads,
+/// every copy at once.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
     }
 }
 
@@ -296,7 +310,7 @@ mod tests {
                 s.spawn(|| {
                     for i in 0..10_000u64 {
                         Stats::incr(&stats.requests);
-                        stats.replies.fetch_add(2, Relaxed);
+                        stats.replies.add(2);
                         histogram.observe(std::time::Duration::from_micros(i % 40));
                     }
                 });

@@ -117,7 +117,7 @@ impl Dispatcher {
     pub fn expire_idle(&self) {
         let expired = self.versions.expire_idle();
         if expired > 0 {
-            self.stats.instances_expired.fetch_add(expired as u64, std::sync::atomic::Ordering::Relaxed);
+            self.stats.instances_expired.add(expired as u64);
         }
     }
 

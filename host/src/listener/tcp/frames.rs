@@ -95,7 +95,7 @@ impl FrameLoop {
             } else {
                 drop(sequence);
             }
-            dispatcher.stats().replies.fetch_add(replies, std::sync::atomic::Ordering::Relaxed);
+            dispatcher.stats().replies.add(replies);
             self.conn.flush().await?;
             if failed {
                 return Err(ConnError::RequestFailed);
