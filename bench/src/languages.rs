@@ -2,7 +2,9 @@
 //! instance per request and with instance reuse.
 //!
 //! One echo-equivalent plugin per language: `echo.wasm` (Rust),
-//! `rot13.wasm` (C: ROT13 of the payload, the repository's C plugin),
+//! `rot13.wasm` (C: ROT13 of the payload, the repository's C plugin; it
+//! also formats a line and calls the host's `log` import per request, which
+//! the others do not: its row is an upper bound of C's cost),
 //! `echo-py.wasm` (Python, componentize-py) and `echo-js.wasm` (JavaScript,
 //! componentize-js). Nine servers run side by side as child processes on
 //! 127.0.0.1, with the same worker threads: the native baseline, and for
@@ -224,8 +226,11 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     }
 
     for round in 1..=options.rounds {
-        for ((server, process), cell) in servers.iter().zip(&processes).zip(&mut cells) {
-            let Some(process) = process else { continue };
+        // Each round starts one server further on, so that a drift within a
+        // round does not always fall on the same servers.
+        let n = servers.len();
+        for i in (0..n).map(|k| (k + round as usize - 1) % n) {
+            let (server, Some(process), cell) = (&servers[i], &processes[i], &mut cells[i]) else { continue };
             let progress = format!("[{round}/{}] {}", options.rounds, server.name());
             let report = compare::run_load(spec(*server, process.udp(), options)).await;
             record(cell, &progress, report);
