@@ -556,28 +556,8 @@ fn record(
     report: anyhow::Result<Report>,
     value: impl Fn(&Report) -> f64,
 ) {
-    match report {
-        Ok(r) => {
-            let t = &r.tally;
-            eprintln!(
-                "{progress}: {:.0} req/s, p50 {} µs, p99 {} µs, {} errors, {} lost, {} late",
-                r.rps(),
-                t.quantile_us(0.5),
-                t.quantile_us(0.99),
-                t.errors,
-                t.lost,
-                t.late
-            );
-            row.push(server, value(&r));
-            row.problems(server).add(t.errors, t.lost, t.late, t.first_error.as_deref());
-            if r.cold > 0 {
-                row.problems(server).note(format!("{} connections had no reply during the warm-up", r.cold));
-            }
-        }
-        Err(e) => {
-            eprintln!("{progress}: failed: {e:#}");
-            row.problems(server).failed(format_args!("{e:#}"));
-        }
+    if let Some(r) = row.problems(server).take_load(progress, &report, "connections") {
+        row.push(server, value(r));
     }
 }
 

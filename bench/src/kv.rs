@@ -294,31 +294,10 @@ fn command(
 
 /// Add a load's outcome to `cell`, and say it on stderr.
 fn record(cell: &mut Cell, progress: &str, report: anyhow::Result<Report>) {
-    match report {
-        Ok(r) => {
-            let t = &r.tally;
-            eprintln!(
-                "{progress}: {:.0} req/s, p50 {} µs, p99 {} µs, {} errors, {} lost, {} late, {} replies in all",
-                r.rps(),
-                t.quantile_us(0.5),
-                t.quantile_us(0.99),
-                t.errors,
-                t.lost,
-                t.late,
-                t.answered
-            );
-            cell.rps.push(r.rps());
-            cell.answered += t.answered;
-            cell.lost += t.lost;
-            cell.problems.add(t.errors, t.lost, t.late, t.first_error.as_deref());
-            if r.cold > 0 {
-                cell.problems.note(format!("{} sockets had no reply during the warm-up", r.cold));
-            }
-        }
-        Err(e) => {
-            eprintln!("{progress}: failed: {e:#}");
-            cell.problems.failed(format_args!("{e:#}"));
-        }
+    if let Some(r) = cell.problems.take_load(progress, &report, "sockets") {
+        cell.rps.push(r.rps());
+        cell.answered += r.tally.answered;
+        cell.lost += r.tally.lost;
     }
 }
 

@@ -307,31 +307,12 @@ fn command(server: Server, options: &Options, scratch: &Path, index: usize) -> a
 
 /// Add a load's outcome to `cell`, and say it on stderr.
 fn record(cell: &mut Cell, progress: &str, report: anyhow::Result<Report>) {
-    match report {
-        Ok(r) => {
-            let t = &r.tally;
-            let (p50, p99) = (t.quantile_us(0.5), t.quantile_us(0.99));
-            eprintln!(
-                "{progress}: {:.0} req/s, p50 {p50} µs, p99 {p99} µs, {} errors, {} lost, {} late",
-                r.rps(),
-                t.errors,
-                t.lost,
-                t.late
-            );
-            cell.rps.push(r.rps());
-            // A load with no correct reply measured has no latency.
-            if t.ok > 0 {
-                cell.p50.push(p50 as f64);
-                cell.p99.push(p99 as f64);
-            }
-            cell.problems.add(t.errors, t.lost, t.late, t.first_error.as_deref());
-            if r.cold > 0 {
-                cell.problems.note(format!("{} sockets had no reply during the warm-up", r.cold));
-            }
-        }
-        Err(e) => {
-            eprintln!("{progress}: failed: {e:#}");
-            cell.problems.failed(format_args!("{e:#}"));
+    if let Some(r) = cell.problems.take_load(progress, &report, "sockets") {
+        cell.rps.push(r.rps());
+        // A load with no correct reply measured has no latency.
+        if r.tally.ok > 0 {
+            cell.p50.push(r.tally.quantile_us(0.5) as f64);
+            cell.p99.push(r.tally.quantile_us(0.99) as f64);
         }
     }
 }

@@ -102,6 +102,42 @@ impl Problems {
         self.notes.push(note.into());
     }
 
+    /// Say how one load went on stderr (after `progress`), count what went
+    /// wrong in it, and give its report back if it ran. `conns` names its
+    /// connections in the note about those with no reply in the warm-up.
+    pub(crate) fn take_load<'r>(
+        &mut self,
+        progress: &str,
+        report: &'r anyhow::Result<crate::load::Report>,
+        conns: &str,
+    ) -> Option<&'r crate::load::Report> {
+        match report {
+            Ok(r) => {
+                let t = &r.tally;
+                eprintln!(
+                    "{progress}: {:.0} req/s, p50 {} µs, p99 {} µs, {} errors, {} lost, {} late, {} replies in all",
+                    r.rps(),
+                    t.quantile_us(0.5),
+                    t.quantile_us(0.99),
+                    t.errors,
+                    t.lost,
+                    t.late,
+                    t.answered
+                );
+                self.add(t.errors, t.lost, t.late, t.first_error.as_deref());
+                if r.cold > 0 {
+                    self.note(format!("{} {conns} had no reply during the warm-up", r.cold));
+                }
+                Some(r)
+            }
+            Err(e) => {
+                eprintln!("{progress}: failed: {e:#}");
+                self.failed(format_args!("{e:#}"));
+                None
+            }
+        }
+    }
+
     pub(crate) fn any(&self) -> bool {
         self.errors + self.lost + self.late > 0 || !self.notes.is_empty()
     }
