@@ -504,11 +504,7 @@ fn print_logs(logs: &[Log]) {
 /// and TCP on a free port.
 fn command(server: Server, options: &Options, cache: &Path, udp: SocketAddr) -> anyhow::Result<Command> {
     let mut c = match server {
-        Server::Native => {
-            let mut c = Command::new(std::env::current_exe().context("cannot find the bench binary")?);
-            c.arg("native");
-            c
-        }
+        Server::Native => crate::process::native_command()?,
         Server::HostReuse | Server::HostFresh | Server::HostConn | Server::HostPinned => {
             let plugin = if server == Server::HostConn { &options.conn_plugin } else { &options.plugin };
             let mut c = Command::new(&options.host);

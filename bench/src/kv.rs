@@ -262,11 +262,7 @@ fn command(
     redis: Option<&Redis>,
 ) -> anyhow::Result<Command> {
     let mut c = match column {
-        Column::Native => {
-            let mut c = Command::new(std::env::current_exe().context("cannot find the bench binary")?);
-            c.arg("native");
-            c
-        }
+        Column::Native => crate::process::native_command()?,
         Column::Echo | Column::Embedded | Column::Redis => {
             let plugin = if column == Column::Echo { &options.plugin } else { &kv.plugin };
             let mut c = Command::new(&options.host);

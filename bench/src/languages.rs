@@ -284,11 +284,7 @@ fn spec(server: Server, udp: SocketAddr, options: &Options) -> Spec {
 /// (the host opens a store whatever the plugin), named by its `index`.
 fn command(server: Server, options: &Options, scratch: &Path, index: usize) -> anyhow::Result<Command> {
     let mut c = match server {
-        Server::Native => {
-            let mut c = Command::new(std::env::current_exe().context("cannot find the bench binary")?);
-            c.arg("native");
-            c
-        }
+        Server::Native => crate::process::native_command()?,
         Server::Host { language, reuse } => {
             let mut c = Command::new(&options.host);
             c.arg("--plugin").arg(&options.plugins[language.index()]);

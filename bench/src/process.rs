@@ -120,6 +120,14 @@ pub struct ServerProcess {
     log: watch::Receiver<Log>,
 }
 
+/// The command that runs this bench binary's native baseline
+/// (`bench native`), to which each caller adds its addresses and workers.
+pub fn native_command() -> anyhow::Result<Command> {
+    let mut c = Command::new(std::env::current_exe().context("cannot find the bench binary")?);
+    c.arg("native");
+    Ok(c)
+}
+
 impl ServerProcess {
     /// Start `command` and wait until it has logged a UDP and a TCP address.
     pub async fn start(name: &str, command: Command) -> anyhow::Result<Self> {
